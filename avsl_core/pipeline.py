@@ -1,0 +1,127 @@
+"""Run the book's notebooks with papermill, in dependency order, skipping steps whose inputs are unchanged.
+
+`python -m avsl_core.pipeline --profile quick` executes every notebook of `STEPS` into
+`runs/<profile>/NAME.ipynb` (the executed notebooks are the run records: parameters, timings,
+outputs), copies them into `book/generated/` for the Jupyter Book build, and appends the wall time of
+each step to `runs/<profile>/timings.json`.
+
+A step is skipped when its key is unchanged: the hash of the notebook source, its parameters for
+the profile, the package source (`avsl_core/**/*.py`) and the keys of the steps it depends on.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from avsl_core.config import load_profile, repo_root
+from avsl_core.provenance import atomic_write_text, git_commit
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str                     # notebook stem under notebooks/
+    deps: tuple[str, ...] = ()    # steps whose outputs it reads
+
+
+# Dependency order; every step's deps come before it.
+STEPS: tuple[Step, ...] = (
+    Step("00_prepare_data"),
+)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def code_hash(root: Path) -> str:
+    """Hash of the package source: a code change reruns the steps (their numbers may change)."""
+    h = hashlib.sha256()
+    for p in sorted((root / "avsl_core").rglob("*.py")):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def step_key(root: Path, step: Step, params: dict, dep_keys: dict[str, str], code: str) -> str:
+    nb = (root / "notebooks" / f"{step.name}.ipynb").read_bytes()
+    payload = json.dumps({"nb": _sha(nb), "params": params, "deps": [dep_keys[d] for d in step.deps],
+                          "code": code}, sort_keys=True)
+    return _sha(payload.encode())
+
+
+def params_for(profile: dict, step: Step) -> dict:
+    """Common parameters (profile, seed, paths) plus the step's own section of the profile file."""
+    common = {"profile": profile["profile"], "seed": int(profile.get("seed", 0))}
+    own = dict(profile.get("notebooks", {}).get(step.name, {}) or {})
+    return {**common, **own}
+
+
+def run(profile_name: str, *, only: list[str] | None = None, force: bool = False,
+        runs_dir: Path | None = None, book_dir: Path | None = None, log=print) -> list[dict]:
+    import papermill as pm  # imported here: the module is also imported by tests without a kernel
+
+    root = repo_root()
+    profile = load_profile(profile_name)
+    out_dir = Path(runs_dir or root / "runs" / profile_name)
+    book_dir = Path(book_dir or root / "book" / "generated")
+    (out_dir / ".stamps").mkdir(parents=True, exist_ok=True)
+    book_dir.mkdir(parents=True, exist_ok=True)
+    code = code_hash(root)
+    keys: dict[str, str] = {}
+    records = []
+    for step in STEPS:
+        params = params_for(profile, step)
+        key = step_key(root, step, params, keys, code)
+        keys[step.name] = key
+        out_nb = out_dir / f"{step.name}.ipynb"
+        stamp = out_dir / ".stamps" / f"{step.name}.json"
+        selected = only is None or step.name in only
+        fresh = out_nb.exists() and stamp.exists() and json.loads(stamp.read_text()).get("key") == key
+        if not selected or (fresh and not force):
+            log(f"[pipeline] {step.name}: {'up to date' if fresh else 'not selected'}, skipped")
+            records.append({"step": step.name, "skipped": True, "wall_s": 0.0})
+        else:
+            log(f"[pipeline] {step.name}: running with {params}")
+            t0 = time.time()
+            tmp_nb = out_dir / f".{step.name}.running.ipynb"
+            pm.execute_notebook(str(root / "notebooks" / f"{step.name}.ipynb"), str(tmp_nb),
+                                parameters={**params, "runs_dir": str(out_dir)}, kernel_name="python3",
+                                cwd=str(root), progress_bar=False)
+            os.replace(tmp_nb, out_nb)
+            wall = time.time() - t0
+            atomic_write_text(stamp, json.dumps({"key": key, "wall_s": wall, "params": params,
+                                                 "git_commit": git_commit(), "finished": time.time()}))
+            log(f"[pipeline] {step.name}: done in {wall:.1f} s")
+            records.append({"step": step.name, "skipped": False, "wall_s": wall})
+        if out_nb.exists():
+            shutil.copyfile(out_nb, book_dir / out_nb.name)
+    timings = out_dir / "timings.json"
+    history = json.loads(timings.read_text()) if timings.exists() else []
+    history.append({"profile": profile_name, "time": time.time(), "git_commit": git_commit(), "steps": records})
+    atomic_write_text(timings, json.dumps(history, indent=1))
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default=os.environ.get("PROFILE", "quick"))
+    ap.add_argument("--only", nargs="*", help="run only these steps (others must be up to date)")
+    ap.add_argument("--force", action="store_true", help="rerun even when the inputs are unchanged")
+    ap.add_argument("--runs-dir", type=Path)
+    ap.add_argument("--book-dir", type=Path)
+    a = ap.parse_args(argv)
+    t0 = time.time()
+    run(a.profile, only=a.only, force=a.force, runs_dir=a.runs_dir, book_dir=a.book_dir)
+    print(f"[pipeline] profile {a.profile} finished in {time.time() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
