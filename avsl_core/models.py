@@ -114,6 +114,7 @@ class ResNet18Trunk(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if padding_mode != "zeros" and any(p > 0 for p in m.padding):
                     m.padding_mode = padding_mode  # Conv2d pads with F.pad(mode=...) then convolves unpadded
+                    m.__class__ = _PadConv2d       # same parameters; only tiny-map reflect handling differs
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
@@ -132,6 +133,17 @@ class ResNet18Trunk(nn.Module):
         if self.layer4 is not None:
             x = self.layer4(x)
         return x  # [B, C, H/32, W/32] (H/16 with layer4 stride 1 or stop at layer3)
+
+
+class _PadConv2d(nn.Conv2d):
+    """Conv2d whose "reflect" padding falls back to "replicate" on maps too small to reflect (size <= pad),
+    e.g. a 1-pixel-high spectrogram map in layer4; elsewhere identical to nn.Conv2d."""
+
+    def _conv_forward(self, x, weight, bias):
+        if self.padding_mode == "reflect" and (x.shape[-2] <= self.padding[0] or x.shape[-1] <= self.padding[1]):
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode="replicate")
+            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return super()._conv_forward(x, weight, bias)
 
 
 def _mlp_head(c: int, hidden: int, out: int) -> nn.Sequential:
@@ -181,10 +193,15 @@ class AVModel(nn.Module):
 
     # -- what a user calls -----------------------------------------------------------------------
     def localization_map(self, images: torch.Tensor, specs: torch.Tensor) -> torch.Tensor:
-        """Test-time heatmap: cos(V_i[:, x, y], a_i) per position, in [-1, 1], shape [B, h, w] (Eq. 3 summand)."""
-        v = F.normalize(self.encode_image(images).float(), dim=1)
-        a = F.normalize(self.encode_audio(specs).float(), dim=1)
-        return torch.einsum("bchw,bc->bhw", v, a)
+        """Test-time heatmap: cos(V_i[:, x, y], a_i) per position, in [-1, 1], shape [B, h, w] (Eq. 3 summand).
+
+        float32 even under autocast.
+        """
+        v_map, a = self.encode_image(images), self.encode_audio(specs)
+        with torch.autocast(v_map.device.type, enabled=False):
+            v = F.normalize(v_map.float(), dim=1)
+            a = F.normalize(a.float(), dim=1)
+            return torch.einsum("bchw,bc->bhw", v, a)
 
     def embed(self, images: torch.Tensor, specs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global embeddings for retrieval, L2-normalised in the s_A space (Eq. 4): ([B, d], [B, d])."""
