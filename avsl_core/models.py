@@ -236,7 +236,7 @@ class AVModel(nn.Module):
             raise DataError(path, "checkpoint not found") from None
         except Exception as e:  # unpickling refused, truncated file, not a torch file
             raise DataError(path, f"not a loadable checkpoint (torch.load weights_only=True): {e}") from None
-        if not isinstance(ckpt, dict) or "model" not in ckpt:
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
             raise DataError(path, "expected a dict with keys 'model' (state_dict) and 'config'", field="model")
         raw = ckpt.get("model_config")
         if raw is None:

@@ -1,0 +1,1 @@
+"""Data: manifests, the AVScenes benchmark (assets, fetch, composer, splits), real-dataset adapters."""

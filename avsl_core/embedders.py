@@ -1,0 +1,395 @@
+"""Pretrained encoders for positive mining only (paper §3 "Obtaining conceptual positive samples").
+
+The paper mines neighbours with encoders trained elsewhere: supervised (ImageNet ResNet + a VGGSound
+audio classifier) or self-supervised (CLIP image + Wav2CLIP audio); they are never part of the
+localization model. Their weights cannot be downloaded here, so this module offers:
+
+* ``kind="supervised"``: a tiny-width ResNet18 classifier per modality trained on the *training assets'*
+  category labels (single cut-outs pasted on training backgrounds by the AVScenes composer; audio
+  crops of the training recordings). The embedding is the pooled trunk output (penultimate layer).
+* ``kind="ssl"``: the same trunks trained without labels, SimCLR-style with NT-Xent (Chen et al.
+  2020): two SimCLR views of the same composite image; two time-shifted windows of the same recording.
+* ``load_external``: an N x D array a user computed elsewhere (CLIP, Wav2CLIP, ImageNet, ...) aligned
+  with a manifest's ids; checked for length, ids, NaN and all-zero rows.
+* ``ImageNetResNet18``: torchvision's ResNet18 when its ImageNet weights are given as a local file
+  (never downloaded).
+
+Every embedder maps manifest items to a float32 [N, D] array in the manifest's order
+(``embed(items, root)``). Checkpoints are plain tensors + JSON-able config, loaded with
+``torch.load(weights_only=True)``. Category labels feed only the supervised analogue, never the
+localization model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avsl_core.audio import SAMPLE_RATE, LogMel, crop_or_tile, load_audio
+from avsl_core.errors import DataError
+from avsl_core.models import ResNet18Trunk
+from avsl_core.provenance import atomic_write_bytes, file_sha256
+from avsl_core.vision import eval_transform, load_image_rgb, simclr_augment
+
+KINDS = ("supervised", "ssl")
+MODALITIES = ("image", "audio")
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    """One analogue encoder (one kind, one modality) and its training budget."""
+    kind: str = "supervised"          # "supervised" (category labels) | "ssl" (SimCLR / NT-Xent)
+    modality: str = "image"           # "image" | "audio"
+    width: float = 0.25               # ResNet18 channel multiplier: D = 512 * width
+    image_size: int = 64              # composites and embedded images are resized to this
+    audio_seconds: float = 2.0        # training window length (embedding: `embed_audio_seconds`)
+    embed_audio_seconds: float = 3.0  # centre window of each manifest clip that is embedded
+    n_mels: int = 64
+    steps: int = 300                  # optimiser steps
+    batch_size: int = 64
+    lr: float = 1e-3                  # Adam
+    weight_decay: float = 1e-4
+    temperature: float = 0.2          # NT-Xent (ssl)
+    proj_dim: int = 64                # SimCLR projection head output (ssl; discarded after training)
+    bank_size: int = 2000             # single-object composites rendered once, augmented per step
+    crop_scale: tuple[float, float] = (0.2, 1.0)   # RandomResizedCrop scale of the image views
+    ambience_prob: float = 0.5        # audio: probability of an ambience bed per window
+    categories: tuple[str, ...] | None = None      # None: every category with train image+audio files
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"EmbedderConfig.kind: expected one of {KINDS}, got {self.kind!r}")
+        if self.modality not in MODALITIES:
+            raise ValueError(f"EmbedderConfig.modality: expected one of {MODALITIES}, got {self.modality!r}")
+        if self.steps < 0 or self.batch_size < 2:
+            raise ValueError("EmbedderConfig: steps must be >= 0 and batch_size >= 2")
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}_{self.modality}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EmbedderConfig":
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------- network
+class TrunkEmbedder(nn.Module):
+    """ResNet18 trunk (avsl_core.models) + global average pool -> embedding h [B, D]; plus the
+    training head (linear classifier, or SimCLR MLP projection), unused when embedding."""
+
+    def __init__(self, cfg: EmbedderConfig, n_classes: int = 0, classes: tuple[str, ...] = ()):
+        super().__init__()
+        self.cfg, self.classes = cfg, tuple(classes)
+        base = max(1, int(round(64 * cfg.width)))
+        self.trunk = ResNet18Trunk(3 if cfg.modality == "image" else 1, base)
+        d = self.trunk.out_channels
+        self.dim = d
+        self.head = (nn.Linear(d, n_classes) if cfg.kind == "supervised"
+                     else nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, cfg.proj_dim)))
+        self.logmel = LogMel(n_mels=cfg.n_mels) if cfg.modality == "audio" else None
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def modality(self) -> str:
+        return self.cfg.modality
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, S, S] (normalised) or waves [B, T] -> h [B, D]."""
+        if self.logmel is not None:
+            x = self.logmel(x)                                   # [B, 1, n_mels, frames]
+        return self.trunk(x).mean(dim=(2, 3))                    # [B, D]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))                       # logits [B, C] or z [B, proj_dim]
+
+    @torch.no_grad()
+    def embed(self, items, root, batch_size: int = 64) -> np.ndarray:
+        """Manifest items -> float32 [N, D] (image or audio of each item, per `cfg.modality`)."""
+        self.eval()
+        return _embed_items(self.features, self.cfg.modality, items, root, self.cfg.image_size,
+                            int(round(self.cfg.embed_audio_seconds * SAMPLE_RATE)), batch_size)
+
+    def save(self, path: str | os.PathLike, key: str = "") -> None:
+        """Checkpoint {state_dict, config, classes, key}: loadable with weights_only=True."""
+        import io
+        buf = io.BytesIO()
+        torch.save({"state_dict": self.state_dict(), "config": self.cfg.to_dict(),
+                    "classes": list(self.classes), "key": key}, buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrunkEmbedder":
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+            cfg = EmbedderConfig.from_dict(ck["config"])
+            m = cls(cfg, len(ck["classes"]), tuple(ck["classes"]))
+            m.load_state_dict(ck["state_dict"])
+        except FileNotFoundError:
+            raise DataError(path, "embedder checkpoint not found") from None
+        except Exception as e:  # unpickling refused, wrong keys, shape mismatch
+            raise DataError(path, f"not a loadable embedder checkpoint: {e}") from None
+        m.key = ck.get("key", "")
+        return m.eval()
+
+
+def _embed_items(fn, modality, items, root, image_size, n_audio, batch_size) -> np.ndarray:
+    from avsl_core.data.manifest import resolve
+    tf = eval_transform(image_size)
+    out = []
+    for a in range(0, len(items), batch_size):
+        chunk = items[a:a + batch_size]
+        if modality == "image":
+            x = torch.stack([tf(load_image_rgb(resolve(root, it.image))) for it in chunk])  # [B,3,S,S]
+        else:
+            waves = []
+            for it in chunk:
+                w = load_audio(resolve(root, it.audio), allow_silent=True)
+                off = max(0, (len(w) - n_audio) // 2) if len(w) > n_audio else 0
+                waves.append(crop_or_tile(w, n_audio, offset=off))                       # centre
+            x = torch.from_numpy(np.stack(waves))                                         # [B, T]
+        out.append(fn(x).float().numpy())
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+
+# ------------------------------------------------------------------------------- training data
+def training_pool(assets, categories: tuple[str, ...] | None = None, image_size: int | None = None):
+    """A composer Pool over the *train*-split files of `categories` (default: every category with
+    train images and train recordings), train backgrounds and ambience, one object per scene."""
+    from avsl_core.data.compose import Pool
+    cats = categories or tuple(sorted({c for (c, s) in assets.images if s == "train" and c}
+                                      & {c for (c, s) in assets.audio if s == "train" and c}))
+    missing = [c for c in cats if not assets.images.get((c, "train")) or not assets.audio.get((c, "train"))]
+    if missing or len(cats) < 2:
+        raise DataError(getattr(assets, "index_path", None),
+                        f"embedder training needs >= 2 categories with train images and recordings; "
+                        f"missing: {missing or 'too few categories'}")
+    if not assets.backgrounds.get("train"):
+        raise DataError(getattr(assets, "index_path", None), "no train background")
+    return Pool(categories=tuple(cats), images={c: assets.images[(c, "train")] for c in cats},
+                audio={c: assets.audio[(c, "train")] for c in cats},
+                backgrounds=assets.backgrounds["train"], ambience=assets.ambience.get("train", []),
+                train=True, n_objects=(1, 1))
+
+
+def composite_bank(pool, n: int, image_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n single-object composites (cut-out on a background, composer augmentation) -> uint8
+    [n, S, S, 3] and their category indices [n] (into pool.categories)."""
+    from avsl_core.data.compose import ComposerConfig, compose_scene
+    ccfg = ComposerConfig(image_size=image_size, n_objects=(1, 1))
+    shim = types.SimpleNamespace(pool=lambda _name: pool)
+    images, labels = np.empty((n, image_size, image_size, 3), np.uint8), np.empty(n, np.int64)
+    for i in range(n):
+        sc = compose_scene(shim, "embedder", i, seed, ccfg)
+        images[i] = sc.image
+        labels[i] = pool.categories.index(sc.objects[sc.sounding]["category"])
+    return images, labels
+
+
+def _audio_window(rng, rec_wave, pool, n: int, cfg: EmbedderConfig) -> np.ndarray:
+    """A random energetic window of a recording, RMS-normalised, random gain, optional ambience."""
+    from avsl_core.data.compose import ComposerConfig, audio_window
+    ccfg = ComposerConfig()
+    w = audio_window(rec_wave, n, rng, ccfg).astype(np.float64)
+    w *= 0.1 * 10 ** (rng.uniform(-6, 6) / 20) / np.sqrt(np.mean(w ** 2) + 1e-12)
+    if pool.ambience and rng.random() < cfg.ambience_prob:
+        bed = audio_window(pool.ambience[int(rng.integers(len(pool.ambience)))].wave, n, rng, ccfg)
+        snr = rng.uniform(10, 30)
+        w += bed * (np.sqrt(np.mean(w ** 2)) / 10 ** (snr / 20) / np.sqrt(np.mean(bed ** 2) + 1e-12))
+    return np.clip(w, -1, 1).astype(np.float32)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent: each view's positive is its partner among the 2B - 1 others.  [B, d] x2 -> []"""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)                                   # [2B, d]
+    sim = z @ z.T / temperature                                                   # [2B, 2B]
+    sim.fill_diagonal_(float("-inf"))
+    b = z1.shape[0]
+    target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)])
+    return F.cross_entropy(sim, target)
+
+
+# -------------------------------------------------------------------------------------- training
+def train_embedder(cfg: EmbedderConfig, pool, log=print) -> tuple[TrunkEmbedder, list[float]]:
+    """Train one analogue on a composer Pool (`training_pool`); returns (model in eval mode, losses)."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    cats = tuple(pool.categories)
+    model = TrunkEmbedder(cfg, len(cats), cats)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    b, n_audio = cfg.batch_size, int(round(cfg.audio_seconds * SAMPLE_RATE))
+    if cfg.modality == "image":
+        t0 = time.time()
+        bank, bank_y = composite_bank(pool, cfg.bank_size, cfg.image_size, cfg.seed)
+        log(f"[embedders] {cfg.name}: {cfg.bank_size} composites in {time.time() - t0:.1f} s")
+        strength = 0.5 if cfg.kind == "ssl" else 0.25
+        aug = simclr_augment(cfg.image_size, strength=strength, scale=cfg.crop_scale)
+        from PIL import Image
+        view = lambda i: aug(Image.fromarray(bank[i]))                              # noqa: E731
+    recs = [r for c in cats for r in pool.audio[c]]
+    losses, t0 = [], time.time()
+    model.train()
+    for step in range(cfg.steps):
+        if cfg.modality == "image":
+            idx = rng.integers(0, len(bank), b)
+            if cfg.kind == "supervised":
+                x, y = torch.stack([view(i) for i in idx]), torch.from_numpy(bank_y[idx])
+            else:
+                x1, x2 = torch.stack([view(i) for i in idx]), torch.stack([view(i) for i in idx])
+        else:
+            if cfg.kind == "supervised":   # class-balanced: category first, then a recording
+                y_np = rng.integers(0, len(cats), b)
+                waves = [_audio_window(rng, pool.audio[cats[c]][int(rng.integers(len(pool.audio[cats[c]])))].wave,
+                                       pool, n_audio, cfg) for c in y_np]
+                x, y = torch.from_numpy(np.stack(waves)), torch.from_numpy(y_np)
+            else:                          # two shifted windows of the same recording
+                pick = rng.integers(0, len(recs), b)
+                x1 = torch.from_numpy(np.stack([_audio_window(rng, recs[i].wave, pool, n_audio, cfg) for i in pick]))
+                x2 = torch.from_numpy(np.stack([_audio_window(rng, recs[i].wave, pool, n_audio, cfg) for i in pick]))
+        if cfg.kind == "supervised":
+            loss = F.cross_entropy(model(x), y)
+        else:
+            loss = nt_xent(model(x1), model(x2), cfg.temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % max(1, cfg.steps // 5) == 0:
+            log(f"[embedders] {cfg.name}: step {step + 1}/{cfg.steps} loss "
+                f"{np.mean(losses[-max(1, cfg.steps // 5):]):.3f} ({time.time() - t0:.0f} s)")
+    return model.eval(), losses
+
+
+def embedder_key(cfg: EmbedderConfig, assets_root: str | os.PathLike | None) -> str:
+    """Hash of the config and the asset index: a cached checkpoint is reused only when both match."""
+    h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=list).encode())
+    idx = Path(assets_root) / "index.csv" if assets_root else None
+    h.update((file_sha256(idx) if idx and idx.is_file() else "<no index>").encode())
+    return h.hexdigest()
+
+
+def load_or_train(cfg: EmbedderConfig, cache_dir: str | os.PathLike, *, assets=None,
+                  assets_root: str | os.PathLike = "data/assets", log=print) -> TrunkEmbedder:
+    """`<cache_dir>/<kind>_<modality>.pt` when its key matches, else train (on `assets`, loaded from
+    `assets_root` if not given) and save it."""
+    path = Path(cache_dir) / f"{cfg.name}.pt"
+    key = embedder_key(cfg, assets_root)
+    if path.exists():
+        try:
+            m = TrunkEmbedder.load(path)
+            if m.key == key:
+                log(f"[embedders] reusing {path}")
+                return m
+            log(f"[embedders] {path}: config or assets changed, retraining")
+        except DataError as e:
+            log(f"[embedders] {e}; retraining")
+    if assets is None:
+        from avsl_core.data.avscenes import load_assets
+        from avsl_core.data.compose import ComposerConfig
+        assets = load_assets(assets_root, ComposerConfig(image_size=max(cfg.image_size, 96)))
+    model, _ = train_embedder(cfg, training_pool(assets, cfg.categories), log=log)
+    model.save(path, key)
+    model.key = key
+    return model
+
+
+# -------------------------------------------------------------------------------- other sources
+class ImageNetResNet18:
+    """torchvision ResNet18 with ImageNet weights from a LOCAL file (e.g. resnet18-f37072fd.pth);
+    the embedding is the 512-d average-pooled layer4 output. Image modality only."""
+    modality = "image"
+
+    def __init__(self, weights_path: str | os.PathLike, image_size: int = 224):
+        import torchvision
+        p = Path(weights_path)
+        if not p.is_file():
+            raise DataError(p, "ImageNet ResNet18 weights not found; this project never downloads "
+                               "weights: fetch torchvision's resnet18-f37072fd.pth elsewhere and pass "
+                               "its local path")
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise DataError(p, f"not a loadable state_dict (torch.load weights_only=True): {e}") from None
+        for k in ("state_dict", "model"):
+            if isinstance(state, dict) and isinstance(state.get(k), dict):
+                state = state[k]
+        net = torchvision.models.resnet18(weights=None)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            raise DataError(p, f"weights do not fit torchvision's resnet18: {e}") from None
+        net.fc = nn.Identity()
+        self.net, self.image_size, self.name = net.eval(), image_size, "imagenet_resnet18"
+        self.dim = 512
+
+    @torch.no_grad()
+    def embed(self, items, root, batch_size: int = 32) -> np.ndarray:
+        return _embed_items(self.net, "image", items, root, self.image_size, 0, batch_size)
+
+
+def load_external(path: str | os.PathLike, ids: list[str], modality: str | None = None) -> np.ndarray:
+    """Embeddings computed elsewhere, returned in the order of `ids` (a manifest's ids) as float32 [N, D].
+
+    `.npz`: an `ids` array and the embeddings under `modality` ("image"/"audio") or `embeddings`; rows
+    may come in any order (they are matched by id). `.npy`: an [N, D] array in manifest order, with the
+    ids in a sidecar `<file>.ids.txt` (one per line) when present. DataError naming the file for a
+    wrong length, unknown/missing/duplicate ids, NaN/inf rows or all-zero rows.
+    """
+    from avsl_core.mining import check_embeddings
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(p, "embedding file not found")
+    file_ids = None
+    try:
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                key = modality if modality in z.files else "embeddings"
+                if key not in z.files:
+                    raise DataError(p, f"no array {modality!r} or 'embeddings' (found {z.files})")
+                emb = z[key]
+                file_ids = [str(x) for x in z["ids"]] if "ids" in z.files else None
+        else:
+            emb = np.load(p, allow_pickle=False)
+            side = p.with_name(p.name + ".ids.txt")
+            if side.is_file():
+                file_ids = [ln.strip() for ln in side.read_text().splitlines() if ln.strip()]
+    except (ValueError, OSError) as e:
+        raise DataError(p, f"unreadable embedding file ({e})") from None
+    if emb.ndim != 2:
+        raise DataError(p, f"expected an [N, D] array, got shape {emb.shape}")
+    if emb.shape[0] != len(ids):
+        raise DataError(p, f"has {emb.shape[0]} rows, the manifest has {len(ids)} items")
+    if file_ids is not None:
+        if len(file_ids) != emb.shape[0]:
+            raise DataError(p, f"{len(file_ids)} ids for {emb.shape[0]} rows", field="ids")
+        pos = {}
+        for r, i in enumerate(file_ids):
+            if i in pos:
+                raise DataError(p, f"duplicate id {i!r}", row=r, field="ids")
+            pos[i] = r
+        missing = [i for i in ids if i not in pos]
+        if missing:
+            extra = sorted(set(pos) - set(ids))
+            raise DataError(p, f"ids do not match the manifest: {len(missing)} manifest ids absent "
+                               f"(e.g. {missing[:3]}), {len(extra)} unknown ids (e.g. {extra[:3]})",
+                            field="ids")
+        emb = emb[[pos[i] for i in ids]]
+    return check_embeddings(emb, p, ids=list(ids))

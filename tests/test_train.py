@@ -1,0 +1,142 @@
+"""Trainer (issue 3): exact resume, config refusal, the semantic switch's precondition, a smoke run that learns."""
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from avsl_core import train as T
+from avsl_core.models import AVModel
+
+TINY_MODEL = {"width": 0.125, "vision_stop_at": "layer3", "head_dim": 16, "padding_mode": "reflect"}
+
+
+def tiny_cfg(**kw) -> T.TrainConfig:
+    base = dict(model=TINY_MODEL, loss={"semantic": False, "pooling": "topk"},
+                data={"kind": "synthetic", "image_size": 32, "options": {"n": 48}},
+                epochs=2, batch_size=16, lr=1e-3, warmup_steps=2, precision="fp32", channels_last=False,
+                num_workers=0, seed=3)
+    base.update(kw)
+    return T.TrainConfig.from_dict(base)
+
+
+def weights(out) -> dict:
+    return torch.load(out / T.CKPT_NAME, weights_only=True)["model"]
+
+
+def assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_two_epochs_equal_one_plus_resume_plus_one(tmp_path):
+    straight = T.train(tiny_cfg(), tmp_path / "straight", progress=False)
+    assert straight["steps"] == 6 and straight["stop_reason"] == "completed"
+    # "killed" after epoch 1: a run of 1 epoch, then --resume with the full config
+    T.train(tiny_cfg(epochs=1), tmp_path / "split", progress=False)
+    ck = torch.load(tmp_path / "split" / T.CKPT_NAME, weights_only=True)
+    assert ck["epoch"] == 1 and ck["step"] == 3 and set(ck["rng"][0]) >= {"python", "numpy", "torch"}
+    resumed = T.train(tiny_cfg(), tmp_path / "split", resume=True, progress=False)
+    assert resumed["steps"] == 6
+    assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "split"))
+    assert resumed["param_sha256"] == straight["param_sha256"]
+    # the per-step log has each step exactly once, and equal losses
+    rows_a = list(csv.DictReader((tmp_path / "straight" / "steps.csv").open()))
+    rows_b = list(csv.DictReader((tmp_path / "split" / "steps.csv").open()))
+    assert [r["step"] for r in rows_b] == [str(i) for i in range(1, 7)]
+    assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
+
+
+def test_mid_epoch_stop_and_resume_is_exact(tmp_path):
+    straight = T.train(tiny_cfg(), tmp_path / "a", progress=False)
+    stopped = T.train(tiny_cfg(max_steps=4), tmp_path / "b", progress=False)   # stops inside epoch 2
+    assert stopped["stop_reason"] == "max_steps" and stopped["steps"] == 4
+    assert torch.load(tmp_path / "b" / T.CKPT_NAME, weights_only=True)["batch"] == 1
+    resumed = T.train(tiny_cfg(), tmp_path / "b", resume=True, progress=False)
+    assert resumed["param_sha256"] == straight["param_sha256"]
+
+
+def test_resume_refuses_checkpoint_of_another_config(tmp_path):
+    T.train(tiny_cfg(epochs=1), tmp_path / "r", progress=False)
+    with pytest.raises(ValueError, match=r"another config.*lr: checkpoint=0.001 now=0.002"):
+        T.train(tiny_cfg(lr=2e-3), tmp_path / "r", resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"model.width"):
+        T.train(tiny_cfg(model={**TINY_MODEL, "width": 0.25}), tmp_path / "r", resume=True, progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        T.train(tiny_cfg(epochs=1), tmp_path / "r", progress=False)
+
+
+def test_semantic_without_neighbour_table_is_an_error(tmp_path):
+    cfg = tiny_cfg(loss={"semantic": True}, data={"kind": "scenes", "train_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match="semantic=True needs .*neighbour table"):
+        T.train(cfg, tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()      # refused before anything was written
+
+
+def test_time_budget_stops_after_the_crossing_step_and_checkpoints(tmp_path):
+    s = T.train(tiny_cfg(time_budget_min=1e-6, epochs=5), tmp_path / "b", progress=False)
+    assert s["stop_reason"] == "time_budget" and s["steps"] == 1
+    ck = torch.load(tmp_path / "b" / T.CKPT_NAME, weights_only=True)
+    assert ck["step"] == 1 and ck["stop_reason"] == "time_budget"
+
+
+def test_smoke_run_learns_and_writes_its_records(tmp_path):
+    cfg = tiny_cfg(epochs=6, data={"kind": "synthetic", "image_size": 32, "options": {"n": 64}}, lr=2e-3)
+    s = T.train(cfg, tmp_path / "smoke", progress=False)
+    losses = [e["mean_loss"] for e in s["epochs"]]
+    assert losses[-1] < losses[0] - 0.3, losses
+    out = tmp_path / "smoke"
+    for f in ("last.pt", "model_card.md", "config.json", "steps.csv", "epochs.json", "loss_curve.png", "summary.json"):
+        assert (out / f).stat().st_size > 0, f
+    assert json.loads((out / "config.json").read_text()) == cfg.to_dict()
+    model = AVModel.from_checkpoint(out / "last.pt")         # reads the stored model config
+    batch = T.SyntheticAV(4, 32).__getitem__
+    img = torch.stack([batch(i)["image"] for i in range(4)])
+    spec = torch.stack([batch(i)["spec"] for i in range(4)])
+    with torch.no_grad():
+        m = model.localization_map(img, spec)
+    assert m.shape == (4, 2, 2) and m.abs().max() <= 1 + 1e-5 and torch.isfinite(m).all()
+
+
+def test_load_config_sections_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("profile: x\ntrain:\n  main:\n    lr: 0.001\n    data: {kind: synthetic}\n")
+    cfg = T.load_config(str(p), "train.main", ["batch_size=32", "loss.pooling=topk", "data.image_size=48"])
+    assert (cfg.lr, cfg.batch_size, cfg.loss, cfg.data.image_size) == (1e-3, 32, {"pooling": "topk"}, 48)
+    with pytest.raises(ValueError, match="unknown field.*'bogus'"):
+        T.load_config(str(p), "train.main", ["bogus=1"])
+    with pytest.raises(KeyError, match="no section"):
+        T.load_config(str(p), "train.other")
+
+
+def test_smoke_epochs_on_rendered_scenes(tmp_path):
+    """End to end on generated data: fake assets -> composer -> TrainDataset -> trainer; the loss falls."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fixtures_assets import make_fake_assets
+    from avsl_core.data import avscenes
+    assets, splits = make_fake_assets(tmp_path)
+    avscenes.build({"profile": "smoke", "n_train": 64, "n_test": 4, "n_negatives": 2, "n_swap_images": 1,
+                    "n_single_train": 32, "image_size": 32, "workers": 0}, assets, tmp_path / "scenes",
+                   splits_path=splits, log=lambda *a: None)
+    sets = tmp_path / "scenes" / "smoke"
+    cfg = tiny_cfg(epochs=4, lr=2e-3, curriculum_steps=2,
+                   data={"kind": "scenes", "train_dir": str(sets / "train"), "image_size": 32,
+                         "curriculum_dir": str(sets / "single_train")})
+    s = T.train(cfg, tmp_path / "run", progress=False)
+    assert [e["name"] for e in s["epochs"]] == ["curriculum"] + ["train"] * 4
+    assert s["steps"] == 2 + 4 * 4
+    losses = [e["mean_loss"] for e in s["epochs"][1:]]
+    assert losses[-1] < losses[0], losses
+    rows = list(csv.DictReader((tmp_path / "run" / "steps.csv").open()))
+    assert {r["phase"] for r in rows[:2]} == {"curriculum"} and all(float(r["loss_A"]) > 0 for r in rows)
