@@ -452,6 +452,10 @@ class TrainerAdapter:
     def __init__(self, method: BaselineMethod):
         self.method = method
 
+    def views(self) -> tuple[list[str], list[str]]:
+        """Views the loss reads (as OursMethod.views): only the original pair."""
+        return ["v"], ["a"]
+
     def loss(self, net: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         return self.method.forward_loss(batch, net)
 

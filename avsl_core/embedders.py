@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 import types
@@ -39,7 +40,7 @@ from avsl_core.audio import SAMPLE_RATE, LogMel, crop_or_tile, load_audio
 from avsl_core.errors import DataError
 from avsl_core.models import ResNet18Trunk
 from avsl_core.provenance import atomic_write_bytes, file_sha256
-from avsl_core.vision import eval_transform, load_image_rgb, simclr_augment
+from avsl_core.vision import eval_transform, load_image_rgb
 
 KINDS = ("supervised", "ssl")
 MODALITIES = ("image", "audio")
@@ -194,6 +195,10 @@ def composite_bank(pool, n: int, image_size: int, seed: int) -> tuple[np.ndarray
     """n single-object composites (cut-out on a background, composer augmentation) -> uint8
     [n, S, S, 3] and their category indices [n] (into pool.categories)."""
     from avsl_core.data.compose import ComposerConfig, compose_scene
+    key = (tuple(pool.categories), tuple(c.asset_id for cat in pool.categories for c in pool.images[cat]),
+           len(pool.backgrounds), n, image_size, seed)
+    if key in _BANKS:                       # the supervised and ssl image analogues share one bank
+        return _BANKS[key]
     ccfg = ComposerConfig(image_size=image_size, n_objects=(1, 1))
     shim = types.SimpleNamespace(pool=lambda _name: pool)
     images, labels = np.empty((n, image_size, image_size, 3), np.uint8), np.empty(n, np.int64)
@@ -201,7 +206,12 @@ def composite_bank(pool, n: int, image_size: int, seed: int) -> tuple[np.ndarray
         sc = compose_scene(shim, "embedder", i, seed, ccfg)
         images[i] = sc.image
         labels[i] = pool.categories.index(sc.objects[sc.sounding]["category"])
+    _BANKS.clear()                          # keep one bank in memory
+    _BANKS[key] = (images, labels)
     return images, labels
+
+
+_BANKS: dict = {}
 
 
 def _audio_window(rng, rec_wave, pool, n: int, cfg: EmbedderConfig) -> np.ndarray:
@@ -215,6 +225,56 @@ def _audio_window(rng, rec_wave, pool, n: int, cfg: EmbedderConfig) -> np.ndarra
         snr = rng.uniform(10, 30)
         w += bed * (np.sqrt(np.mean(w ** 2)) / 10 ** (snr / 20) / np.sqrt(np.mean(bed ** 2) + 1e-12))
     return np.clip(w, -1, 1).astype(np.float32)
+
+
+def batch_views(x: torch.Tensor, size: int, gen: torch.Generator, *, scale=(0.2, 1.0),
+                ratio=(3 / 4, 4 / 3), jitter: float = 0.4, jitter_p: float = 0.8, gray_p: float = 0.2,
+                blur_p: float = 0.5, flip_p: float = 0.5) -> torch.Tensor:
+    """SimCLR views of a whole batch at once (same recipe as `vision.simclr_augment`, without hue
+    jitter): per-image random resized crop (affine grid_sample), flip, brightness/contrast/saturation jitter,
+    grayscale, Gaussian blur (sigma in [0.1, 2], kernel ~10 % of the side), ImageNet normalisation.
+    Per-image v2 transforms cost ~2 ms each here, this < 1 ms.
+    uint8 [B, H, W, 3] or float [B, 3, H, W] in [0, 1] -> float [B, 3, S, S]"""
+    from avsl_core.vision import IMAGENET_MEAN, IMAGENET_STD
+    img = x.permute(0, 3, 1, 2).float() / 255.0 if x.dtype == torch.uint8 else x     # [B, 3, H, W]
+    b, _, h, w = img.shape
+    u = lambda *shape: torch.rand(*shape, generator=gen)                            # noqa: E731
+    area = scale[0] + (scale[1] - scale[0]) * u(b)
+    logr = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u(b)
+    cw = (torch.sqrt(area * torch.exp(logr)) * w).clamp(2, w)
+    ch = (torch.sqrt(area / torch.exp(logr)) * h).clamp(2, h)
+    x0, y0 = (w - cw) * u(b), (h - ch) * u(b)
+    theta = torch.zeros(b, 2, 3)                                                      # crop -> [-1, 1]
+    theta[:, 0, 0], theta[:, 1, 1] = cw / w, ch / h
+    theta[:, 0, 2], theta[:, 1, 2] = (2 * x0 + cw) / w - 1, (2 * y0 + ch) / h - 1
+    grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
+    out = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = torch.where((u(b) < flip_p)[:, None, None, None], out.flip(-1), out)
+    grey_w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    if jitter > 0:
+        on = (u(b) < jitter_p).float().view(b, 1, 1, 1)
+        f = 1 + jitter * (2 * u(3, b, 1, 1, 1) - 1) * on                             # [3, B, 1, 1, 1]
+        out = (out * f[0]).clamp(0, 1)                                                # brightness
+        m = (out * grey_w).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+        out = ((out - m) * f[1] + m).clamp(0, 1)                                      # contrast
+        g = (out * grey_w).sum(1, keepdim=True)
+        out = ((out - g) * f[2] + g).clamp(0, 1)                                      # saturation
+    if gray_p > 0:
+        g = (out * grey_w).sum(1, keepdim=True).expand_as(out)
+        out = torch.where((u(b) < gray_p)[:, None, None, None], g, out)
+    if blur_p > 0:
+        k = max(3, int(0.1 * size) // 2 * 2 + 1)
+        sigma = 0.1 + 1.9 * u(b)
+        t = torch.arange(k, dtype=torch.float32) - k // 2
+        ker = torch.exp(-t[None] ** 2 / (2 * sigma[:, None] ** 2))
+        ker = ker / ker.sum(1, keepdim=True)                                          # [B, k]
+        delta = (t == 0).float().expand(b, k)
+        ker = torch.where((u(b) < blur_p)[:, None], ker, delta).repeat_interleave(3, 0)  # [3B, k]
+        y = F.pad(out.reshape(1, 3 * b, size, size), (k // 2,) * 4, mode="reflect")
+        y = F.conv2d(y, ker.view(3 * b, 1, k, 1), groups=3 * b)
+        out = F.conv2d(y, ker.view(3 * b, 1, 1, k), groups=3 * b).view(b, 3, size, size)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (out - mean) / std
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -240,10 +300,12 @@ def train_embedder(cfg: EmbedderConfig, pool, log=print) -> tuple[TrunkEmbedder,
         t0 = time.time()
         bank, bank_y = composite_bank(pool, cfg.bank_size, cfg.image_size, cfg.seed)
         log(f"[embedders] {cfg.name}: {cfg.bank_size} composites in {time.time() - t0:.1f} s")
-        strength = 0.5 if cfg.kind == "ssl" else 0.25
-        aug = simclr_augment(cfg.image_size, strength=strength, scale=cfg.crop_scale)
-        from PIL import Image
-        view = lambda i: aug(Image.fromarray(bank[i]))                              # noqa: E731
+        bank_t = torch.from_numpy(bank).permute(0, 3, 1, 2).float() / 255.0          # [n, 3, S, S]
+        gen = torch.Generator().manual_seed(cfg.seed)
+        strong = dict(scale=cfg.crop_scale)                                          # SimCLR views
+        mild = dict(scale=(max(0.5, cfg.crop_scale[0]), 1.0), jitter=0.2, gray_p=0.0, blur_p=0.0)
+        view = lambda idx: batch_views(bank_t[idx], cfg.image_size, gen,            # noqa: E731
+                                       **(strong if cfg.kind == "ssl" else mild))
     recs = [r for c in cats for r in pool.audio[c]]
     losses, t0 = [], time.time()
     model.train()
@@ -251,9 +313,9 @@ def train_embedder(cfg: EmbedderConfig, pool, log=print) -> tuple[TrunkEmbedder,
         if cfg.modality == "image":
             idx = rng.integers(0, len(bank), b)
             if cfg.kind == "supervised":
-                x, y = torch.stack([view(i) for i in idx]), torch.from_numpy(bank_y[idx])
+                x, y = view(torch.from_numpy(idx)), torch.from_numpy(bank_y[idx])
             else:
-                x1, x2 = torch.stack([view(i) for i in idx]), torch.stack([view(i) for i in idx])
+                x1, x2 = view(torch.from_numpy(idx)), view(torch.from_numpy(idx))
         else:
             if cfg.kind == "supervised":   # class-balanced: category first, then a recording
                 y_np = rng.integers(0, len(cats), b)
@@ -393,3 +455,89 @@ def load_external(path: str | os.PathLike, ids: list[str], modality: str | None 
                             field="ids")
         emb = emb[[pos[i] for i in ids]]
     return check_embeddings(emb, p, ids=list(ids))
+
+
+# ------------------------------------------------------------------------------- the whole step
+def embed_cached(embedder, items, root, path: str | os.PathLike, key: str, log=print) -> np.ndarray:
+    """`embedder.embed(items, root)`, cached in `path` (.npz: ids, embeddings, key) and reused when
+    the key (embedder + manifest) and the ids match."""
+    import io
+    path = Path(path)
+    ids = [it.id for it in items]
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["key"]) == key and [str(i) for i in z["ids"]] == ids:
+                    log(f"[embedders] reusing {path}")
+                    return z["embeddings"].astype(np.float32)
+        except (ValueError, OSError, KeyError):
+            pass
+    t0 = time.time()
+    emb = embedder.embed(items, root)
+    buf = io.BytesIO()
+    np.savez(buf, ids=np.array(ids), embeddings=emb, key=np.array(key))
+    atomic_write_bytes(path, buf.getvalue())
+    log(f"[embedders] embedded {len(ids)} items with {embedder.name} ({embedder.modality}) "
+        f"in {time.time() - t0:.1f} s -> {path}")
+    return emb
+
+
+def mine_positives(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, *, root=None,
+                   kinds: tuple[str, ...] = ("supervised", "ssl"), k: int | float = 1000 / 144_000,
+                   assets_root: str | os.PathLike | None = "data/assets", assets=None,
+                   embedder: dict | None = None,
+                   external: dict | None = None, imagenet_weights: str | os.PathLike | None = None,
+                   method: str | None = None, log=print) -> dict:
+    """Neighbour tables of a training manifest for every embedder asked for (paper §3, Table 8/9).
+
+    kinds: trained analogues ("supervised", "ssl"), each for image and audio, with EmbedderConfig
+    fields from `embedder` (e.g. {"width": 0.25, "steps": 300}), trained on `assets` (an
+    avsl_core.data.avscenes.Assets; loaded from `assets_root` when needed); external: {(name, modality): file}
+    (`load_external`); imagenet_weights: a local torchvision ResNet18 file -> ("imagenet", "image").
+    k: absolute or a fraction of the manifest (default: the paper's 1000 / 144K).
+    Everything is cached under out_dir (embedders/, embeddings/, tables/) and reused when unchanged.
+    Returns {(embedder name, modality): mining.NeighbourTable}, rows in the manifest's order.
+    """
+    from avsl_core import mining
+    from avsl_core.data.manifest import read_manifest
+    manifest_path, out_dir = Path(manifest_path), Path(out_dir)
+    root = Path(root) if root is not None else manifest_path.parent
+    items = read_manifest(manifest_path, root)
+    ids, man_sha = [it.id for it in items], file_sha256(manifest_path)
+    kw = {"method": method} if method else {}
+    tables = {}
+
+    def table(name, modality, emb):
+        tables[(name, modality)] = mining.load_or_build(
+            out_dir / "tables", emb, manifest_path=manifest_path, embedder=name, modality=modality,
+            k=k, log=log, **kw)
+
+    for kind in kinds:
+        for modality in MODALITIES:
+            cfg = EmbedderConfig(**{**(embedder or {}), "kind": kind, "modality": modality})
+            if assets is None and not _checkpoint_fresh(cfg, out_dir / "embedders", assets_root):
+                from avsl_core.data.avscenes import load_assets
+                from avsl_core.data.compose import ComposerConfig
+                assets = load_assets(assets_root, ComposerConfig(image_size=max(cfg.image_size, 96)))
+            model = load_or_train(cfg, out_dir / "embedders", assets=assets, assets_root=assets_root, log=log)
+            emb = embed_cached(model, items, root, out_dir / "embeddings" / f"{cfg.name}.npz",
+                               f"{model.key}|{man_sha}", log=log)
+            table(kind, modality, emb)
+    for (name, modality), path in (external or {}).items():
+        table(name, modality, load_external(path, ids, modality))
+    if imagenet_weights is not None:
+        net = ImageNetResNet18(imagenet_weights)
+        emb = embed_cached(net, items, root, out_dir / "embeddings" / "imagenet_image.npz",
+                           f"{file_sha256(imagenet_weights)}|{net.image_size}|{man_sha}", log=log)
+        table("imagenet", "image", emb)
+    return tables
+
+
+def _checkpoint_fresh(cfg: EmbedderConfig, cache_dir: Path, assets_root) -> bool:
+    path = cache_dir / f"{cfg.name}.pt"
+    if not path.exists():
+        return False
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True).get("key") == embedder_key(cfg, assets_root)
+    except Exception:
+        return False

@@ -49,7 +49,7 @@ class EvalConfig:
     frames_per_batch: int = 20       # AVSBench official per-batch forms (4 videos × 5 frames)
     n_bootstrap: int = 1000
     seed: int = 0
-    chunk: int = 256                 # maps processed per vectorised step
+    chunk: int = 32                  # maps per vectorised step (small chunks stay in cache)
     allow_missing: bool = False      # manifest items without a map are skipped (counted) instead of an error
     include_kinds: tuple[str, ...] | None = None  # keep only items whose extra["kind"] is listed
     per_item: bool = False           # add per-item arrays to the results
@@ -146,17 +146,21 @@ def _load_mask(root, rel) -> np.ndarray:
 
 
 def _gt_kind(item, how: str) -> str | None:
+    """How the item's GT map is built: union / consensus of boxes, mask, zeros (negatives and annotated
+    items whose boxes were all dropped as degenerate, ``extra.dropped_boxes``: the two empty VGG-SS
+    maps, which the peers keep and score 0), or None (no annotation: skipped)."""
     if item.negative:
         return "zeros"
-    if how == "auto":
-        if item.boxes:
-            return "consensus" if item.box_annotators is not None else "union"
-        return "mask" if item.mask else None
-    if how == "mask":
-        return "mask" if item.mask else None
-    if how in ("boxes", "consensus"):
-        return ("union" if how == "boxes" else "consensus") if item.boxes else None
-    raise ValueError(f"unknown gt kind {how!r}")
+    if how not in ("auto", "boxes", "consensus", "mask"):
+        raise ValueError(f"unknown gt kind {how!r}")
+    if how in ("auto", "mask") and item.mask and (how == "mask" or not item.boxes):
+        return "mask"
+    if item.boxes and how != "mask":
+        return "consensus" if how == "consensus" or (how == "auto" and item.box_annotators is not None) \
+            else "union"
+    if not item.boxes and item.extra.get("dropped_boxes", 0) and how != "mask":
+        return "zeros"
+    return None
 
 
 def _other_boxes(item) -> list:
@@ -178,6 +182,7 @@ def score_items(items, maps: np.ndarray, cfg: EvalConfig, obj_maps: np.ndarray |
     out = {k: np.full(N, np.nan) for k in ("ciou", "ciou_adaptive", "confidence", "pointing",
                                            "discrimination", "pixel_iou")}
     out["peak"] = np.zeros(N, np.int64)
+    out["gt_area"] = np.zeros(N, np.int64)
     curves = np.zeros((N, X.F_NUM_THRESHOLDS))
     curve_valid = np.zeros(N, bool)
     if obj_maps is not None:
@@ -186,50 +191,54 @@ def score_items(items, maps: np.ndarray, cfg: EvalConfig, obj_maps: np.ndarray |
     for s in range(0, N, cfg.chunk):
         sl = slice(s, min(s + cfg.chunk, N))
         its, ks = items[sl], kinds[sl]
-        B = len(its)
         U = M.upsample(torch.from_numpy(np.ascontiguousarray(maps[sl])), proto.upsample, S)  # [B, S, S]
-        P = M.normalise(U, proto.normalise)
-        boxes, valid = M.pad_boxes([it.boxes for it in its])
-        gt = torch.zeros(B, S, S)
-        for kind, fn in (("union", M.gt_box_union), ("consensus", M.gt_box_consensus)):
-            idx = [i for i, k in enumerate(ks) if k == kind]
-            if idx:
-                gt[idx] = fn(boxes[idx], valid[idx], S)
+        absolute = M.absolute_av_score(U, cfg.tau)  # SLAVC absolute score, for confidence
+        P = M.normalise(absolute.clone() if proto.score_first else U, proto.normalise, inplace=True)
+        # ground truth as two masks: g1 = gt > 0, g2 = gt == 1 (differ only for Flickr consensus)
+        boxes, valid = M.pad_boxes([it.boxes if k in ("union", "consensus") else () for it, k in zip(its, ks)])
+        counts = M.box_counts(boxes, valid, S)
+        g1 = counts >= 1
+        g2 = g1.copy()
+        cons = [i for i, k in enumerate(ks) if k == "consensus"]
+        g2[cons] = counts[cons] >= 2
         mask_idx = [i for i, it in enumerate(its) if it.mask and not it.negative and root is not None]
-        masks = (torch.cat([M.gt_from_masks(_load_mask(root, its[i].mask)[None], S) for i in mask_idx])
-                 if mask_idx else None)  # [Bm, S, S]; masks may differ in native size
+        masks = (np.concatenate([M.gt_from_masks(_load_mask(root, its[i].mask)[None], S).numpy() > 0
+                                 for i in mask_idx]) if mask_idx else None)  # native sizes may differ
         for j, i in enumerate(mask_idx):
             if ks[i] == "mask":
-                gt[i] = masks[j]
-        absolute = M.absolute_av_score(U, cfg.tau)
-        infer = M.binarize(P, proto) if cfg.score_mode == "relative" else absolute >= 0.5
-        out["ciou"][sl] = M.ciou_from_binary(infer, gt).numpy()
-        out["ciou_adaptive"][sl] = M.adaptive_ciou(P, gt).numpy()
+                g1[i] = g2[i] = masks[j]
+        infer = M.binarize(P, proto) if cfg.score_mode == "relative" else torch.from_numpy(absolute.numpy() >= 0.5)
+        out["ciou"][sl] = M.ciou_from_levels(infer, g1, g2).numpy()
+        n_gt = M.popcount_rows(g1.reshape(len(its), -1))
+        out["gt_area"][sl] = n_gt
+        out["ciou_adaptive"][sl] = M.ciou_from_levels(M.adaptive_binarize(P, n_gt), g1, g2).numpy()
         out["confidence"][sl] = X.topquarter_confidence(absolute).numpy()
-        out["pointing"][sl] = X.pointing_hits(U, gt).double().numpy()
-        out["peak"][sl] = X.peak_index(U).numpy()
+        out["pointing"][sl] = X.pointing_hits(P, g1).double().numpy()
+        out["peak"][sl] = X.peak_index(P).numpy()
         others = [_other_boxes(it) for it in its]
         if any(others):
             ob, ov = M.pad_boxes(others)
-            out["discrimination"][sl] = X.object_discrimination(P, boxes, valid, ob, ov).numpy()
+            tb, tv = M.pad_boxes([it.boxes for it in its])
+            out["discrimination"][sl] = X.object_discrimination(P, tb, tv, ob, ov).numpy()
         if masks is not None:
-            t = (M.median_threshold(P[mask_idx]) if cfg.pixel_threshold == "median"
-                 else float(cfg.pixel_threshold))
-            rows = np.arange(s, s + B)[mask_idx]
-            out["pixel_iou"][rows] = X.mask_iou(P[mask_idx], masks, t).numpy()
-            c, v = X.fscore_curves(P[mask_idx], masks)
+            Pm = P[mask_idx]
+            t = M.median_threshold(Pm) if cfg.pixel_threshold == "median" else float(cfg.pixel_threshold)
+            rows = np.arange(s, s + len(its))[mask_idx]
+            out["pixel_iou"][rows] = X.mask_iou(Pm, masks, t).numpy()
+            c, v = X.fscore_curves(Pm, masks)
             curves[rows], curve_valid[rows] = c.numpy(), v.numpy()
         if obj_maps is not None:
             Uo = M.upsample(torch.from_numpy(np.ascontiguousarray(obj_maps[sl])), proto.upsample, S)
             if ogl_mode == "relative":
-                fused = M.ogl_relative(P, M.normalise(Uo, proto.normalise), alpha)
-                o_inf, o_score = M.binarize(fused, proto), fused
+                o_score = M.ogl_relative(P, M.normalise(Uo, proto.normalise, inplace=True), alpha)
+                o_inf = M.binarize(o_score, proto)
             else:
                 o_score = M.ogl_absolute(absolute, Uo, alpha)
-                o_inf = M.binarize(M.minmax(o_score), proto) if cfg.score_mode == "relative" else o_score >= 0.5
-            out["ogl_ciou"][sl] = M.ciou_from_binary(o_inf, gt).numpy()
+                o_inf = (M.binarize(M.minmax(o_score), proto) if cfg.score_mode == "relative"
+                         else torch.from_numpy(o_score.numpy() >= 0.5))
+            out["ogl_ciou"][sl] = M.ciou_from_levels(o_inf, g1, g2).numpy()
             out["ogl_confidence"][sl] = X.topquarter_confidence(o_score).numpy()
-            out["ogl_pointing"][sl] = X.pointing_hits(o_score, gt).double().numpy()
+            out["ogl_pointing"][sl] = X.pointing_hits(o_score, g1).double().numpy()
     out["curves"], out["curve_valid"] = curves, curve_valid
     out["ogl"] = {"mode": ogl_mode, "alpha": alpha} if obj_maps is not None else None
     return out
@@ -286,6 +295,7 @@ def summarize(items, sc: dict, cfg: EvalConfig, embeddings=None) -> tuple[dict, 
     groups = [it.group for it in items]
     pos_groups = [g for g, p in zip(groups, pos) if p]
     _localization(acc, "localization", sc["ciou"][pos], pos_groups, sc["ciou_adaptive"][pos])
+    acc.metrics["localization"]["n_empty_gt"] = int((sc["gt_area"][pos] == 0).sum())
     acc.mean("pointing", "accuracy", sc["pointing"][pos])
     d = sc["discrimination"][pos]
     if (~np.isnan(d)).any():
@@ -387,6 +397,7 @@ def evaluate_maps(items, map_ids, maps, cfg: EvalConfig = EvalConfig(), *, obj_i
     if cfg.score_mode not in ("relative", "absolute"):
         raise ValueError(f"score_mode must be relative or absolute, got {cfg.score_mode!r}")
     skipped: dict[str, list[str]] = collections.defaultdict(list)
+    manifest_ids = {it.id for it in items}
     if cfg.include_kinds is not None:
         keep = set(cfg.include_kinds)
         for it in items:
@@ -410,11 +421,8 @@ def evaluate_maps(items, map_ids, maps, cfg: EvalConfig = EvalConfig(), *, obj_i
     sel = [items[i] for i in use]
     sc = score_items(sel, np.asarray(maps)[[rows[i] for i in use]], cfg,
                      None if obj_maps is None else np.asarray(obj_maps)[[orows[i] for i in use]], root)
-    if embeddings is not None:
-        e_ids = list(embeddings[0])
-        _match([it for it in sel if not it.negative], e_ids, sources.get("embeddings", "embeddings"),
-               True, "embedding")
-        extra = set(e_ids) - {it.id for it in items}
+    if embeddings is not None:  # items without an embedding are left out of retrieval (n is reported)
+        extra = set(embeddings[0]) - manifest_ids
         if extra:
             raise DataError(sources.get("embeddings", "embeddings"),
                             f"{len(extra)} ids are not in the manifest, e.g. {sorted(extra)[:3]}", field="ids")
@@ -523,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--frames-per-batch", type=int, default=20)
     ap.add_argument("--bootstrap", type=int, default=1000, help="resamples (0: no intervals)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--chunk", type=int, default=256)
+    ap.add_argument("--chunk", type=int, default=32)
     ap.add_argument("--allow-missing", action="store_true", help="skip manifest items without a map")
     ap.add_argument("--include-kinds", default=None, help="comma list of extra.kind values to keep")
     ap.add_argument("--per-item", action="store_true", help="add per-item scores to the JSON")

@@ -46,6 +46,7 @@ class Protocol:
     strict: bool               # True: infer = pred > thr; False: infer = pred >= thr
     threshold: float | None = None  # None: value at sorted index N//2 (top 50 %); float: fixed cut
     lvs_binarize: bool = False      # LVS test.py: pixels equal to 1 stay on even when thr == 1
+    score_first: bool = False       # SLAVC: normalise the absolute score (S + 1/τ)/(2/τ), not S itself
     size: int = EVAL_SIZE
     source: str = ""           # where the peer does this
 
@@ -65,7 +66,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
     Protocol("ezvsl_val", "bicubic", "minmax", False,
              source="stoneMo/EZ-VSL train.py validate; OpenNLPLab/FNAC_AVL validate2"),
     Protocol("fnac", "bilinear_ac", "minmax", False, source="OpenNLPLab/FNAC_AVL test.py validate"),
-    Protocol("slavc", "bicubic_ac", "minmax", False,
+    Protocol("slavc", "bicubic_ac", "minmax", False, score_first=True,
              source="stoneMo/SLAVC test.py --relative_prediction"),
     Protocol("official", "cv2_linear", "one_minus_minmax_neg", True,
              source="kaistmm/SSLalignment test.py validate_lvs on VGG-SS (Evaluator_iiou)"),
@@ -109,103 +110,135 @@ def upsample(maps: torch.Tensor, mode: str, size: int = EVAL_SIZE) -> torch.Tens
     return y[:, 0]
 
 
-def minmax(x: torch.Tensor) -> torch.Tensor:
-    """Per-sample (x - min) / (max - min) over the last two dims; a constant map is left unchanged
-    (the peers' ``normalize_img``)."""
-    flat = x.reshape(x.shape[0], -1)
-    lo, hi = torch.aminmax(flat, dim=1)
+def _np2d(x) -> np.ndarray:
+    """[B, ...] tensor or array → a [B, N] numpy view (no copy for CPU tensors)."""
+    a = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+    return a.reshape(a.shape[0], -1)
+
+
+def popcount_rows(a: np.ndarray) -> np.ndarray:
+    """Number of True per row of a bool [B, N] array (bit-packed popcount), int64 [B]."""
+    return np.bitwise_count(np.packbits(a, axis=1)).sum(1, dtype=np.int64)
+
+
+def minmax(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """Per-sample (x - min) / (max - min) in float32, as the peers' ``normalize_img`` (a constant map
+    is left unchanged). Numpy does the work: identical IEEE results, far fewer allocations."""
+    t = x if inplace else x.float().clone()
+    a = _np2d(t)
+    lo, hi = a.min(1), a.max(1)
     rng = hi - lo
-    ok = rng != 0
-    lo = torch.where(ok, lo, torch.zeros_like(lo))
-    rng = torch.where(ok, rng, torch.ones_like(rng))
-    return ((flat - lo[:, None]) / rng[:, None]).reshape(x.shape)
+    const = rng == 0
+    lo[const], rng[const] = 0, 1
+    np.subtract(a, lo[:, None], out=a)
+    np.divide(a, rng[:, None], out=a)
+    return t
 
 
-def normalise(x: torch.Tensor, how: str) -> torch.Tensor:
+def normalise(x: torch.Tensor, how: str, inplace: bool = False) -> torch.Tensor:
     if how == "minmax":
-        return minmax(x)
+        return minmax(x, inplace)
     if how == "one_minus_minmax_neg":  # LVS / SSLalignment: pred = 1 - normalize_img(-h)
-        return 1 - minmax(-x)
+        t = x if inplace else x.float().clone()
+        a = _np2d(t)
+        np.negative(a, out=a)
+        minmax(t, inplace=True)
+        np.subtract(1, a, out=a)
+        return t
     if how == "none":
-        return x.float()
+        return x if inplace else x.float().clone()
     raise ValueError(f"unknown normalisation {how!r}")
 
 
-def prepare(maps: torch.Tensor, protocol: Protocol | str) -> torch.Tensor:
-    """Native maps [B, h, w] → the protocol's normalised prediction map [B, 224, 224] (float32)."""
+def prepare(maps: torch.Tensor, protocol: Protocol | str, tau: float | None = None) -> torch.Tensor:
+    """Native maps [B, h, w] → the protocol's normalised prediction map [B, 224, 224] (float32).
+    ``tau``: the maps are cos/τ (only used by protocols with ``score_first``, i.e. SLAVC)."""
     p = get_protocol(protocol)
-    return normalise(upsample(maps, p.upsample, p.size), p.normalise)
+    u = upsample(maps, p.upsample, p.size)
+    if p.score_first:
+        u = absolute_av_score(u, tau)
+    return normalise(u, p.normalise, inplace=True)
 
 
-def kth_smallest(flat: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
-    """``np.sort(row)[k]`` for every row of ``flat`` [B, N]; ``k`` an int or a [B] tensor (0-based).
-
-    CPU uses numpy's introselect (torch.kthvalue is ~20× slower on CPU); CUDA uses torch.kthvalue.
-    """
-    B, N = flat.shape
-    if B == 0:
-        return flat.new_zeros(0)
-    if isinstance(k, int):
-        if flat.is_cuda:
-            return torch.kthvalue(flat, k + 1, dim=1).values
-        return torch.from_numpy(np.partition(flat.detach().numpy(), k, axis=1)[:, k].copy())
-    k = k.long()
-    out = torch.empty(B, dtype=flat.dtype, device=flat.device)
-    for kv in torch.unique(k).tolist():  # few distinct k per batch (adaptive thresholds)
-        rows = (k == kv).nonzero(as_tuple=True)[0]
-        out[rows] = kth_smallest(flat[rows], int(kv))
-    return out
+def kth_smallest(flat, k: int | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``np.sort(row)[k]`` for every row of ``flat`` [B, N]; ``k`` an int or a per-row array (0-based).
+    Introselect (np.partition), O(N) per row; torch.kthvalue is ~20× slower on CPU."""
+    a = _np2d(flat)
+    if a.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.from_numpy(a).dtype)
+    if isinstance(k, (int, np.integer)):
+        return torch.from_numpy(np.partition(a, int(k), axis=1)[:, int(k)].copy())
+    k = np.asarray(k.cpu() if torch.is_tensor(k) else k, dtype=np.int64)
+    return torch.from_numpy(np.array([np.partition(a[i], k[i])[k[i]] for i in range(a.shape[0])],
+                                     dtype=a.dtype))
 
 
 def median_threshold(pred: torch.Tensor) -> torch.Tensor:
     """The peers' ``np.sort(pred.flatten())[int(H*W/2)]`` per sample: [B, H, W] → [B]."""
-    flat = pred.reshape(pred.shape[0], -1)
-    return kth_smallest(flat, flat.shape[1] // 2)
+    a = _np2d(pred)
+    return kth_smallest(a, a.shape[1] // 2)
 
 
 def binarize(pred: torch.Tensor, protocol: Protocol | str, thr: torch.Tensor | None = None
              ) -> torch.Tensor:
     """Prediction map [B, S, S] → bool [B, S, S] with the protocol's threshold and comparison."""
     p = get_protocol(protocol)
+    a = _np2d(pred)
     if thr is None:
-        thr = (median_threshold(pred) if p.threshold is None
-               else torch.full((pred.shape[0],), p.threshold, dtype=pred.dtype, device=pred.device))
-    t = thr.to(pred.dtype)[:, None, None]
-    infer = pred > t if p.strict else pred >= t
+        thr = median_threshold(a) if p.threshold is None else np.full(a.shape[0], p.threshold, a.dtype)
+    t = np.asarray(thr, dtype=a.dtype)[:, None]
+    infer = np.greater(a, t) if p.strict else np.greater_equal(a, t)
     if p.lvs_binarize:  # pred[pred > thr] = 1; pred[pred < 1] = 0  keeps values >= 1 switched on
-        infer = infer | (pred >= 1)
-    return infer
+        infer |= a >= 1
+    return torch.from_numpy(infer.reshape(pred.shape))
+
+
+def ciou_from_levels(infer, g1, g2) -> torch.Tensor:
+    """cIoU for a GT of values {0, 0.5, 1} given as two masks: g1 = gt > 0, g2 = gt == 1 (for a binary
+    GT pass the same mask twice). Counting by popcount; exact. [B] float64, NaN for 0/0."""
+    same = g1 is g2
+    inf, a, b = _np2d(infer), _np2d(g1), _np2d(g2)
+    on1 = popcount_rows(inf & a)
+    on2 = on1 if same else popcount_rows(inf & b)
+    n1 = popcount_rows(a)
+    n2 = n1 if same else popcount_rows(b)
+    inter = 0.5 * (on1 + on2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return torch.from_numpy(inter / (0.5 * (n1 + n2) + (popcount_rows(inf) - on1)))
 
 
 def ciou_from_binary(infer: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """Per-sample consensus IoU, float64 [B]; NaN when both the prediction and the GT are empty."""
-    B = infer.shape[0]
-    inf = infer.reshape(B, -1)
-    g = gt.reshape(B, -1)
-    gpos = g > 0
-    inter = torch.where(inf, g, torch.zeros((), dtype=g.dtype)).sum(1, dtype=torch.float64)
-    gsum = g.sum(1, dtype=torch.float64)
-    n_inf = inf.sum(1, dtype=torch.float64)
-    n_inf_on_gt = (inf & gpos).sum(1, dtype=torch.float64)
-    return inter / (gsum + (n_inf - n_inf_on_gt))
+    """Per-sample consensus IoU Σ(infer·gt) / (Σgt + Σ(infer·[gt == 0])) for any GT map [B, S, S];
+    float64 [B], NaN when both the prediction and the GT are empty."""
+    inf = _np2d(infer)
+    g = _np2d(gt).astype(np.float64)
+    inter = np.einsum("ij,ij->i", inf.astype(np.float64), g)
+    n_inf_off = popcount_rows(inf) - popcount_rows(inf & (g > 0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return torch.from_numpy(inter / (g.sum(1) + n_inf_off))
 
 
-def ciou(maps: torch.Tensor, gt: torch.Tensor, protocol: Protocol | str) -> torch.Tensor:
+def ciou(maps: torch.Tensor, gt: torch.Tensor, protocol: Protocol | str, tau: float | None = None
+         ) -> torch.Tensor:
     """Native maps [B, h, w] and GT maps [B, 224, 224] → per-sample cIoU [B] (float64)."""
-    pred = prepare(maps, protocol)
+    pred = prepare(maps, protocol, tau)
     return ciou_from_binary(binarize(pred, protocol), gt)
 
 
+def adaptive_binarize(pred: torch.Tensor, n_gt) -> torch.Tensor:
+    """SSLalignment's adaptive threshold (TPAMI metric): thr = sort(pred)[N - g] with g = #(gt ≠ 0)
+    (N//2 when g = 0), infer = pred > thr, so the predicted area roughly equals the GT area."""
+    a = _np2d(pred)
+    N = a.shape[1]
+    g = np.asarray(n_gt, dtype=np.int64)
+    g = np.where(g == 0, N // 2, g)
+    thr = kth_smallest(a, np.clip(N - g, 0, N - 1)).numpy()
+    return torch.from_numpy((a > thr[:, None]).reshape(pred.shape))
+
+
 def adaptive_ciou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """SSLalignment's adaptive cIoU: thr = sort(pred)[N - g] with g = #(gt ≠ 0) (N//2 if g = 0),
-    infer = pred > thr, so the predicted area roughly equals the GT area. [B] float64."""
-    B = pred.shape[0]
-    flat = pred.reshape(B, -1)
-    N = flat.shape[1]
-    g = (gt.reshape(B, -1) != 0).sum(1)
-    g = torch.where(g == 0, torch.full_like(g, N // 2), g)
-    thr = kth_smallest(flat, (N - g).clamp(0, N - 1))
-    return ciou_from_binary(pred > thr.to(pred.dtype)[:, None, None], gt)
+    """cIoU of :func:`adaptive_binarize` against a GT map. [B] float64."""
+    return ciou_from_binary(adaptive_binarize(pred, popcount_rows(_np2d(gt) != 0)), gt)
 
 
 # ----------------------------------------------------------------------------- aggregates
@@ -292,14 +325,17 @@ def summarize_iiou(ciou_values, codes: torch.Tensor, prefix: str = "") -> dict:
 def pad_boxes(box_lists: Sequence[Sequence[Sequence[float]]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Lists of normalised (x1, y1, x2, y2) boxes → boxes [B, K, 4] float64 and valid [B, K] bool."""
     B = len(box_lists)
-    K = max((len(b) for b in box_lists), default=0)
-    boxes = torch.zeros(B, max(K, 1), 4, dtype=torch.float64)
-    valid = torch.zeros(B, max(K, 1), dtype=torch.bool)
-    for i, bl in enumerate(box_lists):
-        if len(bl):
-            boxes[i, :len(bl)] = torch.as_tensor(np.asarray(bl, dtype=np.float64).reshape(-1, 4))
-            valid[i, :len(bl)] = True
-    return boxes, valid
+    lens = np.fromiter((len(b) for b in box_lists), np.int64, B)
+    K = max(int(lens.max()) if B else 0, 1)
+    boxes = np.zeros((B, K, 4))
+    valid = np.zeros((B, K), bool)
+    if lens.sum():
+        flat = np.asarray([float(c) for bl in box_lists for b in bl for c in b]).reshape(-1, 4)
+        rows = np.repeat(np.arange(B), lens)
+        cols = np.arange(len(flat)) - np.repeat(np.cumsum(lens) - lens, lens)
+        boxes[rows, cols] = flat
+        valid[rows, cols] = True
+    return torch.from_numpy(boxes), torch.from_numpy(valid)
 
 
 def box_pixels(boxes: torch.Tensor, size: int = EVAL_SIZE) -> torch.Tensor:
@@ -308,7 +344,8 @@ def box_pixels(boxes: torch.Tensor, size: int = EVAL_SIZE) -> torch.Tensor:
     For Flickr, whose raw boxes are 256-px integers v, the normalised box v/256 is exact in binary, so
     ``int(224 * (v / 256))`` equals the peers' ``int(224 * v / 256)``.
     """
-    return torch.floor(boxes.double().clamp(0.0, 1.0) * size).long()
+    b = boxes.detach().cpu().numpy() if torch.is_tensor(boxes) else np.asarray(boxes, np.float64)
+    return torch.from_numpy(np.floor(np.clip(b.astype(np.float64), 0.0, 1.0) * size).astype(np.int64))
 
 
 def box_masks(boxes: torch.Tensor, valid: torch.Tensor, size: int = EVAL_SIZE) -> torch.Tensor:
@@ -320,15 +357,38 @@ def box_masks(boxes: torch.Tensor, valid: torch.Tensor, size: int = EVAL_SIZE) -
     return in_y[..., :, None] & in_x[..., None, :]
 
 
+def box_counts(boxes: torch.Tensor, valid: torch.Tensor, size: int = EVAL_SIZE) -> np.ndarray:
+    """Σ over valid boxes of the painted box ``temp[y1:y2, x1:x2] = 1``: [B, K, 4] → uint8 [B, S, S].
+
+    One slice write per box (cost ∝ box area; a broadcast outer product over the full map is ~20×
+    slower on CPU). An empty box (x2 <= x1) paints nothing, as an empty numpy slice."""
+    px = box_pixels(boxes, size).numpy()
+    ok = valid.numpy() & (px[..., 2] > px[..., 0]) & (px[..., 3] > px[..., 1])
+    out = np.zeros((ok.shape[0], size, size), np.uint8)
+    for i, k in zip(*np.nonzero(ok)):
+        x1, y1, x2, y2 = px[i, k]
+        out[i, y1:y2, x1:x2] += 1
+    return out
+
+
+def gt_levels(boxes: torch.Tensor, valid: torch.Tensor, consensus: bool = False, size: int = EVAL_SIZE
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Box GT as the two masks of :func:`ciou_from_levels`: union (VGG-SS) → (g, g); consensus
+    (Flickr) → (≥ 1 box, ≥ 2 boxes)."""
+    c = box_counts(boxes, valid, size)
+    g1 = c >= 1
+    return (g1, c >= 2) if consensus else (g1, g1)
+
+
 def gt_box_union(boxes: torch.Tensor, valid: torch.Tensor, size: int = EVAL_SIZE) -> torch.Tensor:
     """VGG-SS ground truth: union of the boxes, binary. [B, size, size] float32."""
-    return box_masks(boxes, valid, size).any(1).float()
+    return torch.from_numpy((box_counts(boxes, valid, size) > 0).astype(np.float32))
 
 
 def gt_box_consensus(boxes: torch.Tensor, valid: torch.Tensor, size: int = EVAL_SIZE) -> torch.Tensor:
     """Flickr-SoundNet ground truth: Σ_boxes box / 2, clipped at 1 (1 where ≥ 2 boxes overlap, 0.5
     where one). Every box counts, as in the peers' ``bbox2gtmap(format='flickr')``. [B, S, S] float32."""
-    return (box_masks(boxes, valid, size).sum(1, dtype=torch.float32) / 2).clamp(max=1.0)
+    return torch.from_numpy(np.minimum(box_counts(boxes, valid, size), 2).astype(np.float32) / 2)
 
 
 def gt_from_masks(masks: torch.Tensor | np.ndarray, size: int = EVAL_SIZE) -> torch.Tensor:
@@ -342,9 +402,10 @@ def gt_from_masks(masks: torch.Tensor | np.ndarray, size: int = EVAL_SIZE) -> to
 
 # ----------------------------------------------------------------------------- OGL fusion
 def ogl_relative(av_pred: torch.Tensor, obj_pred: torch.Tensor, alpha: float = 0.4) -> torch.Tensor:
-    """EZ-VSL / SSLalignment object-guided localization: minmax(α·av + (1−α)·obj) on the normalised
-    224×224 maps, α = 0.4."""
-    return minmax(alpha * av_pred + (1 - alpha) * obj_pred)
+    """EZ-VSL / SSLalignment object-guided localization on the normalised 224×224 maps:
+    ``normalize_img(pred * α + pred_obj * (1 − α))``, α = 0.4."""
+    fused = torch.from_numpy(av_pred.numpy() * alpha + obj_pred.numpy() * (1 - alpha))
+    return minmax(fused, inplace=True)
 
 
 def absolute_av_score(av_up: torch.Tensor, tau: float | None = None) -> torch.Tensor:
@@ -352,10 +413,11 @@ def absolute_av_score(av_up: torch.Tensor, tau: float | None = None) -> torch.Te
     (cos + 1)/2, computed as SLAVC does ``(S - lo) / (hi - lo)``. ``tau=None``: the map is a cosine."""
     scale = 1.0 if tau is None else 1.0 / tau
     lo, hi = -scale, scale
-    return (av_up - lo) / (hi - lo)
+    return torch.from_numpy((av_up.numpy() - lo) / (hi - lo))
 
 
 def ogl_absolute(av_score: torch.Tensor, obj_up: torch.Tensor, alpha: float = 0.9,
                  obj_max: float = 2.5) -> torch.Tensor:
-    """SLAVC absolute fusion α·s_av + (1−α)·obj/2.5 (objectness range fixed to [0, 2.5]), α = 0.9."""
-    return alpha * av_score + (1 - alpha) * (obj_up / obj_max)
+    """SLAVC absolute fusion ``s_av * α + s_obj * (1 − α)`` with s_obj = obj / 2.5 (objectness range
+    fixed to [0, 2.5]), α = 0.9 in SLAVC's scripts."""
+    return torch.from_numpy(av_score.numpy() * alpha + ((obj_up.numpy() - 0.0) / (obj_max - 0.0)) * (1 - alpha))

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from avsl_core.metrics import box_masks, box_pixels, kth_smallest
+from avsl_core.metrics import _np2d, box_counts, box_pixels, popcount_rows
 
 F_BETA2 = 0.3
 F_NUM_THRESHOLDS = 255
@@ -29,18 +29,17 @@ def mask_iou(pred: torch.Tensor, gt: torch.Tensor, thr: float | torch.Tensor, ep
              ) -> torch.Tensor:
     """AVSBench per-frame IoU of ``pred > thr`` against a binary mask; an empty GT scores the fraction
     of pixels where both are 0 (the official empty-mask rule). [B, H, W] → [B] float64."""
-    B = pred.shape[0]
-    t = torch.as_tensor(thr, dtype=pred.dtype)
-    t = t.reshape(-1, 1) if t.ndim else t
-    p = pred.reshape(B, -1) > t
-    g = gt.reshape(B, -1) > 0
+    a = _np2d(pred)
+    t = np.asarray(thr.cpu() if torch.is_tensor(thr) else thr, dtype=a.dtype)
+    p = a > (t.reshape(-1, 1) if t.ndim else t)
+    g = _np2d(gt) > 0
     n = p.shape[1]
-    inter = (p & g).sum(1, dtype=torch.float64)
-    union = (p | g).sum(1, dtype=torch.float64)
-    empty = ~g.any(1)
-    inter = torch.where(empty, (~p & ~g).sum(1, dtype=torch.float64), inter)
-    union = torch.where(empty, torch.full_like(union, float(n)), union)
-    return inter / (union + eps)
+    inter = popcount_rows(p & g).astype(np.float64)
+    union = popcount_rows(p | g).astype(np.float64)
+    empty = popcount_rows(g) == 0
+    inter = np.where(empty, n - union, inter)  # both 0 = n - |p ∪ g| = n - |p| when g is empty
+    union = np.where(empty, float(n), union)
+    return torch.from_numpy(inter / (union + eps))
 
 
 def fscore_curves(pred: torch.Tensor, gt: torch.Tensor, num: int = F_NUM_THRESHOLDS,
@@ -49,22 +48,22 @@ def fscore_curves(pred: torch.Tensor, gt: torch.Tensor, num: int = F_NUM_THRESHO
     ``torch.linspace(0, 1 - 1e-10, 255)`` (float32, so the last threshold is 1.0), F = (1+β²)PR/(β²P+R)
     with NaN → 0. Returns curves [B, num] float64 and valid [B] (frames with a non-empty GT; the
     official code skips the others). Counting by histogram, not by 255 passes."""
-    B = pred.shape[0]
-    th = torch.linspace(0, 1 - 1e-10, num)  # float32, as the official code
-    flat = pred.reshape(B, -1).float().contiguous()
-    g = gt.reshape(B, -1) > 0
-    c = torch.searchsorted(th, flat, right=True)  # thresholds <= value: on at threshold i iff i < c
-    off = (c + torch.arange(B)[:, None] * (num + 1)).reshape(-1)
-    hist_all = torch.bincount(off, minlength=B * (num + 1)).reshape(B, num + 1).double()
-    hist_pos = torch.bincount(off, weights=g.reshape(-1).double(),
-                              minlength=B * (num + 1)).reshape(B, num + 1)
-    n_pred = hist_all.flip(1).cumsum(1).flip(1)[:, 1:]  # [B, num]: #(pred >= th_i)
-    tp = hist_pos.flip(1).cumsum(1).flip(1)[:, 1:]
-    n_gt = g.sum(1, dtype=torch.float64)[:, None]
+    th = torch.linspace(0, 1 - 1e-10, num).numpy()  # float32, as the official code
+    flat = _np2d(pred).astype(np.float32, copy=False)
+    B = flat.shape[0]
+    g = _np2d(gt) > 0
+    c = np.searchsorted(th, flat, side="right")  # thresholds <= value: on at threshold i iff i < c
+    off = (c + np.arange(B)[:, None] * (num + 1)).reshape(-1)
+    hist_all = np.bincount(off, minlength=B * (num + 1)).reshape(B, num + 1).astype(np.float64)
+    hist_pos = np.bincount(off[g.reshape(-1)], minlength=B * (num + 1)).reshape(B, num + 1).astype(np.float64)
+    n_pred = np.cumsum(hist_all[:, ::-1], 1)[:, ::-1][:, 1:]  # [B, num]: #(pred >= th_i)
+    tp = np.cumsum(hist_pos[:, ::-1], 1)[:, ::-1][:, 1:]
+    n_gt = popcount_rows(g).astype(np.float64)[:, None]
     prec = tp / (n_pred + 1e-20)
     rec = tp / (n_gt + 1e-20)
-    f = (1 + beta2) * prec * rec / (beta2 * prec + rec)
-    return torch.nan_to_num(f, nan=0.0), n_gt[:, 0] > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f = (1 + beta2) * prec * rec / (beta2 * prec + rec)
+    return torch.from_numpy(np.nan_to_num(f, nan=0.0)), torch.from_numpy(n_gt[:, 0] > 0)
 
 
 def avsbench_summary(iou: torch.Tensor, curves: torch.Tensor, valid: torch.Tensor,
@@ -133,15 +132,11 @@ def retrieval_hits(query: torch.Tensor, gallery: torch.Tensor, ks: Sequence[int]
 def topquarter_confidence(score: torch.Tensor) -> torch.Tensor:
     """SLAVC confidence: ``np.sort(score.flatten())[-n//4:].mean()`` per sample (the top ⌈n/4⌉
     values of the 224×224 absolute score map). [B, H, W] → [B] float64."""
-    B = score.shape[0]
-    flat = score.reshape(B, -1)
-    n = flat.shape[1]
+    a = _np2d(score)
+    n = a.shape[1]
     m = -((-n) // 4)  # len(x[-n//4:]) = ceil(n/4)
-    thr = kth_smallest(flat, n - m)  # the m-th largest value
-    above = flat > thr[:, None]
-    s_above = torch.where(above, flat, torch.zeros((), dtype=flat.dtype)).sum(1, dtype=torch.float64)
-    n_above = above.sum(1, dtype=torch.float64)
-    return (s_above + (m - n_above) * thr.double()) / m
+    top = np.partition(a, n - m, axis=1)[:, n - m:]  # the m largest values
+    return torch.from_numpy(top.sum(1, dtype=np.float64) / m)
 
 
 def _weighted_pr(conf, hit, positive, weights, positions):
@@ -220,13 +215,13 @@ def loc_acc(ciou, positive) -> float:
 # ----------------------------------------------------------------------------- pointing, swap, discrimination
 def peak_index(maps: torch.Tensor) -> torch.Tensor:
     """Flat index of the first maximum (row-major) per map: [B, H, W] → [B] int64."""
-    return maps.reshape(maps.shape[0], -1).argmax(1)
+    return torch.from_numpy(np.argmax(_np2d(maps), axis=1))
 
 
 def pointing_hits(maps: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """Pointing game: does the map's peak fall on the sounding object (gt > 0)? [B] bool."""
-    B = maps.shape[0]
-    return gt.reshape(B, -1).gather(1, peak_index(maps)[:, None])[:, 0] > 0
+    g = _np2d(gt)
+    return torch.from_numpy(np.take_along_axis(g, peak_index(maps).numpy()[:, None], 1)[:, 0] > 0)
 
 
 def point_in_boxes(rows: torch.Tensor, cols: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor,
@@ -267,21 +262,17 @@ def object_discrimination(pred: torch.Tensor, target_boxes: torch.Tensor, target
     """Is the map's mean inside the sounding object's box(es) higher than inside every other object's
     box? An audio-blind map scores about 1/objects. [B] float64: 1, 0, or NaN (no other object)."""
     S = pred.shape[-1]
-    p = pred.double()
-    tm = box_masks(target_boxes, target_valid, S).any(1)  # [B, S, S]
-    t_area = tm.sum((1, 2), dtype=torch.float64)
-    t_mean = torch.where(tm, p, 0.0).sum((1, 2)) / t_area  # NaN if empty
-    # other objects: single boxes, summed with an integral image instead of painted masks
-    sat = torch.nn.functional.pad(p.cumsum(1).cumsum(2), (1, 0, 1, 0))  # [B, S+1, S+1]
-    px = box_pixels(other_boxes, S)  # [B, M, 4]
-    x1, y1, x2, y2 = px.unbind(-1)
-    x2, y2 = torch.maximum(x2, x1), torch.maximum(y2, y1)
-    flat = sat.reshape(sat.shape[0], -1)
-
-    def at(yy, xx):
-        return flat.gather(1, yy * (S + 1) + xx)
-    o_sum = at(y2, x2) - at(y1, x2) - at(y2, x1) + at(y1, x1)
-    o_area = ((y2 - y1) * (x2 - x1)).double()
+    p = pred.detach().cpu().double().reshape(-1, S, S)
+    tm = torch.from_numpy(box_counts(target_boxes, target_valid, S) > 0).reshape(p.shape[0], -1).double()
+    t_area = tm.sum(1)
+    t_mean = (tm * p.reshape(p.shape[0], -1)).sum(1) / t_area  # NaN if empty
+    # other objects: each box's sum = rows @ map @ cols (one small matmul per box)
+    px = box_pixels(other_boxes, S)
+    r = torch.arange(S)
+    rows = ((r >= px[..., 1, None]) & (r < px[..., 3, None])).double()  # [B, M, S]
+    cols = ((r >= px[..., 0, None]) & (r < px[..., 2, None])).double()
+    o_sum = ((rows @ p) * cols).sum(-1)  # [B, M]
+    o_area = rows.sum(-1) * cols.sum(-1)
     ok = other_valid & (o_area > 0)
     o_mean = torch.where(ok, o_sum / o_area.clamp(min=1), torch.full_like(o_sum, -math.inf))
     win = (t_mean[:, None] > o_mean).all(1) & (t_area > 0)

@@ -33,6 +33,7 @@ PAPER_TABLE9_K = (10, 30, 100, 500, 1000)  # Table 9 columns ("k in k-NN")
 DEFAULT_METHOD = "faiss"                   # faster than chunked torch here: benchmarks/bench_knn.py
 MODALITIES = ("image", "audio")
 TABLE_FORMAT = 1
+TORCH_CHUNK_BYTES = 512 << 20              # method="torch": at most this much for one [chunk, N] block
 
 
 # ----------------------------------------------------------------------------------------------- k
@@ -102,8 +103,11 @@ def check_embeddings(emb: np.ndarray, source: str | os.PathLike | None = None,
 def l2_normalize(emb: np.ndarray, source: str | os.PathLike | None = None) -> np.ndarray:
     """Rows scaled to unit length (after `check_embeddings`): inner product = cosine similarity."""
     emb = check_embeddings(emb, source)
-    norms = np.linalg.norm(emb.astype(np.float64), axis=1, keepdims=True)
-    return np.ascontiguousarray(emb / norms.astype(np.float32), dtype=np.float32)  # [N, D]
+    out = np.empty_like(emb)                                        # [N, D] float32
+    for a in range(0, emb.shape[0], 65536):                         # float64 norms, bounded temps
+        blk = emb[a:a + 65536]
+        out[a:a + 65536] = blk / np.linalg.norm(blk.astype(np.float64), axis=1, keepdims=True)
+    return out
 
 
 def embedding_sha256(emb: np.ndarray) -> str:
@@ -173,6 +177,7 @@ def knn_self(emb: np.ndarray, k: int | float, *, method: str = DEFAULT_METHOD, i
         if threads:
             torch.set_num_threads(int(threads))
         xt = torch.from_numpy(xn)
+        chunk = max(1, min(chunk, TORCH_CHUNK_BYTES // (4 * n)))     # sims block [chunk, N] bounded
 
         def search(q):
             with torch.no_grad():

@@ -69,6 +69,8 @@ class DataConfig:
     image_size: int = 96                 # S (square)
     frontend: str = "logmel"             # audio front-end: "logmel" | "official" | "ezvsl"
     curriculum_dir: str | None = None    # set used for the first `curriculum_steps` steps (e.g. single_train)
+    fast_views: bool = True              # batch_views: augmentation on whole batches (logmel front-end only)
+    augment: dict = field(default_factory=dict)   # batch_simclr overrides, e.g. {scale: [0.3, 1.0]}
     options: dict = field(default_factory=dict)   # extra keyword arguments for the dataset
 
 
@@ -250,7 +252,10 @@ def build_dataset(cfg: TrainConfig, set_dir: str | None, with_conc: bool) -> Dat
         return SyntheticAV(image_size=d.image_size, seed=cfg.seed, **d.options)
     if d.kind != "scenes":
         raise ValueError(f"TrainConfig.data.kind: expected 'scenes' or 'synthetic', got {d.kind!r}")
-    from avsl_core.data.datasets import TrainDataset
+    if uses_fast_views(cfg):
+        from avsl_core.batch_views import FastTrainViews as TrainDataset
+    else:
+        from avsl_core.data.datasets import TrainDataset
     root = _resolve(set_dir)
     if not (root / "manifest.jsonl").exists():
         raise FileNotFoundError(f"{root / 'manifest.jsonl'}: no rendered set here (data.train_dir / "
@@ -262,9 +267,21 @@ def build_dataset(cfg: TrainConfig, set_dir: str | None, with_conc: bool) -> Dat
                         frontend=d.frontend, **d.options)
 
 
-def _collate(batch: list[dict]) -> dict:
+def uses_fast_views(cfg: TrainConfig) -> bool:
+    return cfg.data.kind == "scenes" and cfg.data.fast_views and cfg.data.frontend == "logmel"
+
+
+def make_collate(cfg: TrainConfig, method) -> Callable | None:
+    """DataLoader collate_fn: BatchViews (fast views; SimCLR only if the method reads v_aug), else stacking."""
+    if cfg.data.kind == "synthetic":
+        return None
+    if uses_fast_views(cfg):
+        from avsl_core.batch_views import BatchViews
+        vis = method.views()[0] if hasattr(method, "views") else ["v", "v_aug"]
+        aug = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.data.augment.items()}
+        return BatchViews(augment="v_aug" in vis, **aug)
     from avsl_core.data.datasets import collate
-    return collate(batch)
+    return collate
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -433,6 +450,9 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
     seed_everything(cfg.seed)
     model = AVModel(cfg.model_config)                          # same init on every rank
     seed_everything(cfg.seed + 7919 * dd.rank)                 # per-rank stream for data/augmentation
+    if cfg.method not in METHODS:
+        from avsl_core import baselines        # registers attention10k / lvs / ezvsl / slavc
+        baselines.register_all(METHODS)
     method = METHODS[cfg.method](cfg, model) if cfg.method in METHODS else None
     if method is None:
         raise ValueError(f"TrainConfig.method: unknown {cfg.method!r}; registered: {sorted(METHODS)}")
@@ -446,6 +466,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
 
     per_rank_bs = cfg.batch_size // dd.world
+    collate_fn = make_collate(cfg, method)
     train_ds = build_dataset(cfg, cfg.data.train_dir, method.needs_conc)
     phases = [("curriculum", build_dataset(cfg, cfg.data.curriculum_dir, method.needs_conc), cfg.curriculum_steps)] \
         if cfg.curriculum_steps else []
@@ -502,7 +523,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + p_idx * 101 + dd.rank)
         reseed_dataset(ds, [cfg.seed, p_idx, dd.rank])
         loader = DataLoader(ds, batch_sampler=batches[start:], num_workers=cfg.num_workers,
-                            collate_fn=None if cfg.data.kind == "synthetic" else _collate,
+                            collate_fn=collate_fn,
                             worker_init_fn=_seed_worker, generator=gen, pin_memory=dd.device.type == "cuda",
                             persistent_workers=False)
         epoch_no = sum(1 for p in phases[:p_idx + 1] if p[0] == "train")

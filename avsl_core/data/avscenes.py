@@ -369,14 +369,19 @@ def build(profile_cfg, assets_root="data/assets", out_root="data/avscenes", *, s
     out = _from_repo(out_root) / cfg.profile
     key = build_key(cfg, assets_root, splits_path)
     stamp, report_path = out / "stamp.json", out / "report.json"
-    if stamp.is_file() and report_path.is_file() and json.loads(stamp.read_text()).get("key") == key:
+    plan = cfg.plan()
+    done = {name for name in plan if (out / name / ".stamp").is_file()
+            and (out / name / ".stamp").read_text() == key}
+    if stamp.is_file() and report_path.is_file() and done == set(plan) \
+            and json.loads(stamp.read_text()).get("key") == key:
         return dict(json.loads(report_path.read_text()), skipped=True)
     out.mkdir(parents=True, exist_ok=True)
     assets = load_assets(assets_root, cfg.composer_config(), splits_path)
-    report = dict(profile=cfg.profile, key=key, config=dataclasses.asdict(cfg), sets={})
-    for set_name, jobs in cfg.plan().items():
+    config = dict(dataclasses.asdict(cfg), composer=dataclasses.asdict(cfg.composer_config()))
+    report = dict(profile=cfg.profile, key=key, config=config, sets={})
+    for set_name, jobs in plan.items():
         set_dir = out / set_name
-        if (set_dir / ".stamp").is_file() and (set_dir / ".stamp").read_text() == key:
+        if set_name in done:
             report["sets"][set_name] = json.loads((set_dir / "report.json").read_text())
             continue
         report["sets"][set_name] = _render_set(assets, cfg, set_name, jobs, set_dir, key, log)

@@ -194,6 +194,8 @@ class TrainDataset(_Base):
 class TestDataset(_Base):
     """Test items with ground-truth maps. ``gt``: "box" (union of boxes, the VGG-SS/Flickr protocol)
     or "mask" (the item's mask where it has one, else its boxes); ``gt_size`` G defaults to S."""
+    __test__ = False   # not a pytest test class
+
 
     def __init__(self, manifest, root=None, *, gt: str = "box", gt_size: int | None = None, **kw):
         if gt not in ("box", "mask"):
