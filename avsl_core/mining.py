@@ -223,6 +223,12 @@ class NeighbourTable:
     def k(self) -> int:
         return int(self.indices.shape[1])
 
+    def head(self, k: int) -> np.ndarray:
+        """The top-k sub-table int32 [N, k] (rows are sorted, so a smaller k is a prefix: Table 9)."""
+        if not 1 <= k <= self.k:
+            raise ValueError(f"k={k} outside [1, {self.k}] for this table")
+        return np.ascontiguousarray(self.indices[:, :k])
+
 
 def check_table(indices: np.ndarray, source: str | os.PathLike | None = None) -> np.ndarray:
     """Validate a neighbour table: int [N, k], 1 <= k < N, entries in [0, N), never the row itself."""

@@ -165,3 +165,12 @@ def test_precision_and_random_floor_hand_computed():
     assert df.set_index(["embedder", "k"]).loc[("sup", 1), "lift"] == pytest.approx(3.0)
     an = anchor_neighbours({"image": t}, ["p", "q", "r", "s"], lab, anchors=[0, 2], n_neighbours=2)
     assert len(an) == 4 and list(an.neighbour_id[:2]) == ["q", "r"] and list(an.same[:2]) == [True, False]
+
+
+def test_smaller_k_is_a_prefix_of_the_table(tmp_path):
+    x, _ = axis_clusters(n_axes=3, per=6, noise=0.2)
+    t = load_or_build(tmp_path, x, manifest_path=_manifest(tmp_path, 18), embedder="e", modality="audio",
+                      k=8, log=lambda *_: None)
+    assert np.array_equal(t.head(3), knn_self(x, 3)) and t.head(3).flags.c_contiguous
+    with pytest.raises(ValueError):
+        t.head(9)

@@ -151,12 +151,15 @@ class TrainDataset(_Base):
     """Training views (paper §3: v, v_aug, a, a_aug, and the mined positives v_conc, a_conc).
 
     ``neighbours``: int array [N, k] of item indices (a k-NN table, row i = neighbours of item i) or None.
-    ``image_aug``: PIL -> [3, S, S] callable; default ``vision.simclr_augment(S)``.
+    ``image_aug``: PIL -> [3, S, S] callable; default ``vision.simclr_augment(S)`` (it is about 2/3 of
+    a sample's cost). ``augment=False`` leaves out image_aug and spec_aug (methods that do not use
+    them, e.g. the EZ-VSL and LVS baselines).
     """
 
     def __init__(self, manifest, root=None, *, neighbours: np.ndarray | None = None, image_aug=None,
-                 **kw):
+                 augment: bool = True, **kw):
         super().__init__(manifest, root, **kw)
+        self.augment = augment
         if neighbours is not None:
             neighbours = np.asarray(neighbours)
             if neighbours.ndim != 2 or neighbours.shape[0] != len(self.items) or neighbours.shape[1] < 1:
@@ -177,12 +180,12 @@ class TrainDataset(_Base):
 
     def __getitem__(self, i: int) -> dict:
         rng, st = self.rng(), self.store
-        wave = st.wave(i)
         out = dict(index=i, id=self.items[i].id,
                    image=st.image_tensor(i),                                       # [3, S, S]
-                   image_aug=self.image_aug(Image.fromarray(st.images[i])),        # [3, S, S]
-                   spec=self.spec(i),                                              # [1, F, T]
-                   spec_aug=self.front(random_time_shift(wave, self.front.n, rng)))
+                   spec=self.spec(i))                                              # [1, F, T]
+        if self.augment:
+            out["image_aug"] = self.image_aug(Image.fromarray(st.images[i]))      # [3, S, S]
+            out["spec_aug"] = self.front(random_time_shift(st.wave(i), self.front.n, rng))
         if self.neighbours is not None:
             row = self.neighbours[i]
             j = int(row[rng.integers(len(row))])
