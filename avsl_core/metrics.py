@@ -1,4 +1,7 @@
-"""Localization metrics of the paper and its peers, vectorised over the batch (torch).
+"""Localization metrics of the paper and its peers, vectorised over the batch.
+
+Tensors in, tensors out (CPU); the arithmetic after upsampling runs in numpy on zero-copy views: the
+same IEEE float32 results as the peers' numpy code, without torch's page-faulting large temporaries.
 
 Every peer codebase computes the same *consensus IoU* (cIoU) but makes small, silent choices that move
 the numbers (notes/peer_codebases.md §1.5, §2.5, §3, §4). Each choice is a field of :class:`Protocol`;
@@ -110,7 +113,7 @@ def upsample(maps: torch.Tensor, mode: str, size: int = EVAL_SIZE) -> torch.Tens
     return y[:, 0]
 
 
-def _np2d(x) -> np.ndarray:
+def as_rows(x) -> np.ndarray:
     """[B, ...] tensor or array → a [B, N] numpy view (no copy for CPU tensors)."""
     a = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
     return a.reshape(a.shape[0], -1)
@@ -124,8 +127,8 @@ def popcount_rows(a: np.ndarray) -> np.ndarray:
 def minmax(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Per-sample (x - min) / (max - min) in float32, as the peers' ``normalize_img`` (a constant map
     is left unchanged). Numpy does the work: identical IEEE results, far fewer allocations."""
-    t = x if inplace else x.float().clone()
-    a = _np2d(t)
+    t = x if inplace and x.is_contiguous() else x.float().contiguous().clone()
+    a = as_rows(t)  # a view: writes land in t
     lo, hi = a.min(1), a.max(1)
     rng = hi - lo
     const = rng == 0
@@ -139,8 +142,8 @@ def normalise(x: torch.Tensor, how: str, inplace: bool = False) -> torch.Tensor:
     if how == "minmax":
         return minmax(x, inplace)
     if how == "one_minus_minmax_neg":  # LVS / SSLalignment: pred = 1 - normalize_img(-h)
-        t = x if inplace else x.float().clone()
-        a = _np2d(t)
+        t = x if inplace and x.is_contiguous() else x.float().contiguous().clone()
+        a = as_rows(t)
         np.negative(a, out=a)
         minmax(t, inplace=True)
         np.subtract(1, a, out=a)
@@ -162,8 +165,10 @@ def prepare(maps: torch.Tensor, protocol: Protocol | str, tau: float | None = No
 
 def kth_smallest(flat, k: int | np.ndarray | torch.Tensor) -> torch.Tensor:
     """``np.sort(row)[k]`` for every row of ``flat`` [B, N]; ``k`` an int or a per-row array (0-based).
-    Introselect (np.partition), O(N) per row; torch.kthvalue is ~20× slower on CPU."""
-    a = _np2d(flat)
+    Introselect (np.partition), O(N) per row: ~4× faster than the peers' full sort and ~10× faster
+    than torch.kthvalue on CPU. A per-row k costs the same as one batched call (the selection
+    dominates); np.partition with many kth values is far slower."""
+    a = as_rows(flat)
     if a.shape[0] == 0:
         return torch.zeros(0, dtype=torch.from_numpy(a).dtype)
     if isinstance(k, (int, np.integer)):
@@ -175,7 +180,7 @@ def kth_smallest(flat, k: int | np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def median_threshold(pred: torch.Tensor) -> torch.Tensor:
     """The peers' ``np.sort(pred.flatten())[int(H*W/2)]`` per sample: [B, H, W] → [B]."""
-    a = _np2d(pred)
+    a = as_rows(pred)
     return kth_smallest(a, a.shape[1] // 2)
 
 
@@ -183,7 +188,7 @@ def binarize(pred: torch.Tensor, protocol: Protocol | str, thr: torch.Tensor | N
              ) -> torch.Tensor:
     """Prediction map [B, S, S] → bool [B, S, S] with the protocol's threshold and comparison."""
     p = get_protocol(protocol)
-    a = _np2d(pred)
+    a = as_rows(pred)
     if thr is None:
         thr = median_threshold(a) if p.threshold is None else np.full(a.shape[0], p.threshold, a.dtype)
     t = np.asarray(thr, dtype=a.dtype)[:, None]
@@ -197,7 +202,7 @@ def ciou_from_levels(infer, g1, g2) -> torch.Tensor:
     """cIoU for a GT of values {0, 0.5, 1} given as two masks: g1 = gt > 0, g2 = gt == 1 (for a binary
     GT pass the same mask twice). Counting by popcount; exact. [B] float64, NaN for 0/0."""
     same = g1 is g2
-    inf, a, b = _np2d(infer), _np2d(g1), _np2d(g2)
+    inf, a, b = as_rows(infer), as_rows(g1), as_rows(g2)
     on1 = popcount_rows(inf & a)
     on2 = on1 if same else popcount_rows(inf & b)
     n1 = popcount_rows(a)
@@ -210,8 +215,8 @@ def ciou_from_levels(infer, g1, g2) -> torch.Tensor:
 def ciou_from_binary(infer: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """Per-sample consensus IoU Σ(infer·gt) / (Σgt + Σ(infer·[gt == 0])) for any GT map [B, S, S];
     float64 [B], NaN when both the prediction and the GT are empty."""
-    inf = _np2d(infer)
-    g = _np2d(gt).astype(np.float64)
+    inf = as_rows(infer)
+    g = as_rows(gt).astype(np.float64)
     inter = np.einsum("ij,ij->i", inf.astype(np.float64), g)
     n_inf_off = popcount_rows(inf) - popcount_rows(inf & (g > 0))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -228,7 +233,7 @@ def ciou(maps: torch.Tensor, gt: torch.Tensor, protocol: Protocol | str, tau: fl
 def adaptive_binarize(pred: torch.Tensor, n_gt) -> torch.Tensor:
     """SSLalignment's adaptive threshold (TPAMI metric): thr = sort(pred)[N - g] with g = #(gt ≠ 0)
     (N//2 when g = 0), infer = pred > thr, so the predicted area roughly equals the GT area."""
-    a = _np2d(pred)
+    a = as_rows(pred)
     N = a.shape[1]
     g = np.asarray(n_gt, dtype=np.int64)
     g = np.where(g == 0, N // 2, g)
@@ -238,7 +243,7 @@ def adaptive_binarize(pred: torch.Tensor, n_gt) -> torch.Tensor:
 
 def adaptive_ciou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """cIoU of :func:`adaptive_binarize` against a GT map. [B] float64."""
-    return ciou_from_binary(adaptive_binarize(pred, popcount_rows(_np2d(gt) != 0)), gt)
+    return ciou_from_binary(adaptive_binarize(pred, popcount_rows(as_rows(gt) != 0)), gt)
 
 
 # ----------------------------------------------------------------------------- aggregates

@@ -12,13 +12,14 @@ Peer protocols reproduced (notes/peer_codebases.md):
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from avsl_core.metrics import _np2d, box_counts, box_pixels, popcount_rows
+from avsl_core.metrics import as_rows, box_counts, box_pixels, popcount_rows
 
 F_BETA2 = 0.3
 F_NUM_THRESHOLDS = 255
@@ -29,10 +30,10 @@ def mask_iou(pred: torch.Tensor, gt: torch.Tensor, thr: float | torch.Tensor, ep
              ) -> torch.Tensor:
     """AVSBench per-frame IoU of ``pred > thr`` against a binary mask; an empty GT scores the fraction
     of pixels where both are 0 (the official empty-mask rule). [B, H, W] → [B] float64."""
-    a = _np2d(pred)
+    a = as_rows(pred)
     t = np.asarray(thr.cpu() if torch.is_tensor(thr) else thr, dtype=a.dtype)
     p = a > (t.reshape(-1, 1) if t.ndim else t)
-    g = _np2d(gt) > 0
+    g = as_rows(gt) > 0
     n = p.shape[1]
     inter = popcount_rows(p & g).astype(np.float64)
     union = popcount_rows(p | g).astype(np.float64)
@@ -49,9 +50,9 @@ def fscore_curves(pred: torch.Tensor, gt: torch.Tensor, num: int = F_NUM_THRESHO
     with NaN → 0. Returns curves [B, num] float64 and valid [B] (frames with a non-empty GT; the
     official code skips the others). Counting by histogram, not by 255 passes."""
     th = torch.linspace(0, 1 - 1e-10, num).numpy()  # float32, as the official code
-    flat = _np2d(pred).astype(np.float32, copy=False)
+    flat = as_rows(pred).astype(np.float32, copy=False)
     B = flat.shape[0]
-    g = _np2d(gt) > 0
+    g = as_rows(gt) > 0
     c = np.searchsorted(th, flat, side="right")  # thresholds <= value: on at threshold i iff i < c
     off = (c + np.arange(B)[:, None] * (num + 1)).reshape(-1)
     hist_all = np.bincount(off, minlength=B * (num + 1)).reshape(B, num + 1).astype(np.float64)
@@ -106,24 +107,27 @@ def retrieval_hits(query: torch.Tensor, gallery: torch.Tensor, ks: Sequence[int]
     Q, G = q.shape[0], g.shape[0]
     if Q != G:
         raise ValueError(f"instance retrieval pairs query i with gallery i; got {Q} vs {G}")
-    kmax = min(max(ks), G)
     ranks = torch.empty(Q, dtype=torch.int64)
     cat = {f"R@{k}": torch.zeros(Q, dtype=torch.bool) for k in ks} if q_labels is not None else None
     if cat is not None:
         codes = {lab: i for i, lab in enumerate(sorted(set(map(str, q_labels)) | set(map(str, g_labels))))}
         ql = torch.tensor([codes[str(x)] for x in q_labels])
         gl = torch.tensor([codes[str(x)] for x in g_labels])
+    j = torch.arange(G)[None, :]
+
+    def stable_rank(sim, s_ref, j_ref):  # position of gallery j_ref in a stable descending sort
+        return ((sim > s_ref[:, None]) | ((sim == s_ref[:, None]) & (j < j_ref[:, None]))).sum(1)
     for s in range(0, Q, chunk):
         sim = q[s:s + chunk] @ g.T  # [c, G]
         idx = torch.arange(s, min(s + chunk, Q))
-        own = sim[torch.arange(len(idx)), idx][:, None]
-        j = torch.arange(G)[None, :]
-        ranks[idx] = ((sim > own) | ((sim == own) & (j < idx[:, None]))).sum(1)
-        if cat is not None:
-            top = torch.argsort(sim, dim=1, descending=True, stable=True)[:, :kmax]
-            same = gl[top] == ql[idx][:, None]  # [c, kmax]
+        ranks[idx] = stable_rank(sim, sim[torch.arange(len(idx)), idx], idx)
+        if cat is not None:  # rank of the best same-class item (highest sim, then lowest index)
+            same = gl[None, :] == ql[idx][:, None]  # [c, G]
+            s_best = torch.where(same, sim, torch.full_like(sim, -math.inf)).max(1).values
+            j_best = (same & (sim == s_best[:, None])).int().argmax(1)
+            r_cat = stable_rank(sim, s_best, j_best)
             for k in ks:
-                cat[f"R@{k}"][idx] = same[:, :k].any(1)
+                cat[f"R@{k}"][idx] = r_cat < k
     inst = {f"R@{k}": ranks < k for k in ks}
     return {"instance": inst, "rank": ranks, "category": cat}
 
@@ -132,7 +136,7 @@ def retrieval_hits(query: torch.Tensor, gallery: torch.Tensor, ks: Sequence[int]
 def topquarter_confidence(score: torch.Tensor) -> torch.Tensor:
     """SLAVC confidence: ``np.sort(score.flatten())[-n//4:].mean()`` per sample (the top ⌈n/4⌉
     values of the 224×224 absolute score map). [B, H, W] → [B] float64."""
-    a = _np2d(score)
+    a = as_rows(score)
     n = a.shape[1]
     m = -((-n) // 4)  # len(x[-n//4:]) = ceil(n/4)
     top = np.partition(a, n - m, axis=1)[:, n - m:]  # the m largest values
@@ -215,12 +219,12 @@ def loc_acc(ciou, positive) -> float:
 # ----------------------------------------------------------------------------- pointing, swap, discrimination
 def peak_index(maps: torch.Tensor) -> torch.Tensor:
     """Flat index of the first maximum (row-major) per map: [B, H, W] → [B] int64."""
-    return torch.from_numpy(np.argmax(_np2d(maps), axis=1))
+    return torch.from_numpy(np.argmax(as_rows(maps), axis=1))
 
 
 def pointing_hits(maps: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """Pointing game: does the map's peak fall on the sounding object (gt > 0)? [B] bool."""
-    g = _np2d(gt)
+    g = as_rows(gt)
     return torch.from_numpy(np.take_along_axis(g, peak_index(maps).numpy()[:, None], 1)[:, 0] > 0)
 
 
@@ -296,12 +300,14 @@ def random_maps(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- bootstrap
+@functools.lru_cache(maxsize=4)
 def bootstrap_counts(n: int, n_resamples: int = 1000, seed: int = 0) -> torch.Tensor:
-    """Multiplicities of n items in each of ``n_resamples`` resamples with replacement: [R, n] float64."""
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(n, (n_resamples, n), generator=gen)
-    return torch.zeros(n_resamples, n, dtype=torch.float64).scatter_add_(
-        1, idx, torch.ones(n_resamples, n, dtype=torch.float64))
+    """Multiplicities of n items in each of ``n_resamples`` resamples with replacement: [R, n] float64.
+    The same (n, R, seed) gives the same resamples, so metrics of one item set share them."""
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    off = (idx + np.arange(n_resamples)[:, None] * n).reshape(-1)
+    counts = np.bincount(off, minlength=n_resamples * n).reshape(n_resamples, n).astype(np.float64)
+    return torch.from_numpy(counts)  # cached: callers must not modify it in place
 
 
 def mean_stat(values) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,11 @@ def main(argv=None) -> None:
     ap.add_argument("--batches", type=int, default=8)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    tmp = Path(tempfile.mkdtemp(prefix="bench_feeding_"))
+    with tempfile.TemporaryDirectory(prefix="bench_feeding_") as d:
+        _run(a, Path(d))
+
+
+def _run(a, tmp: Path) -> None:
     assets = Path(a.assets)
     splits = None
     if (assets / "index.csv").is_file():
@@ -93,8 +98,8 @@ def main(argv=None) -> None:
     rows = [
         ("train sample, all 6 views", _per_sample(lambda i: tr[i % n], m)),
         ("  image views (v, v_aug, v_conc)", _per_sample(
-            lambda i: (st.image_tensor(i % n), tr.image_aug(__import__("PIL.Image").Image.fromarray(
-                st.images[i % n])), st.image_tensor((i + 1) % n)), m)),
+            lambda i: (st.image_tensor(i % n), tr.image_aug(Image.fromarray(st.images[i % n])),
+                       st.image_tensor((i + 1) % n)), m)),
         ("  audio views (a, a_aug, a_conc)", _per_sample(
             lambda i: (tr.spec(i % n), tr.front(random_time_shift(st.wave(i % n), tr.front.n, rng)),
                        tr.spec((i + 1) % n)), m)),

@@ -162,6 +162,8 @@ def test_train_dataset_views(built):
     plain = TrainDataset(d / "manifest.jsonl", image_size=S, frontend="ezvsl")
     p = plain[0]
     assert "image_conc" not in p and p["spec"].shape == (1, 257, 200)
+    bare = TrainDataset(d / "manifest.jsonl", image_size=S, augment=False)[0]
+    assert set(bare) == {"index", "id", "image", "spec"}
     batch = next(iter(DataLoader(ds, batch_size=4, collate_fn=collate)))
     assert batch["image_aug"].shape == (4, 3, S, S) and batch["index"].dtype == torch.long
 

@@ -3,6 +3,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -119,24 +120,68 @@ def test_load_config_sections_and_overrides(tmp_path):
         T.load_config(str(p), "train.other")
 
 
-def test_smoke_epochs_on_rendered_scenes(tmp_path):
-    """End to end on generated data: fake assets -> composer -> TrainDataset -> trainer; the loss falls."""
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """A tiny AVScenes render (32 px) from generated assets: fixtures_assets -> composer."""
     import sys
     sys.path.insert(0, str(Path(__file__).parent))
     from fixtures_assets import make_fake_assets
     from avsl_core.data import avscenes
-    assets, splits = make_fake_assets(tmp_path)
+    tmp = tmp_path_factory.mktemp("scenes")
+    assets, splits = make_fake_assets(tmp)
     avscenes.build({"profile": "smoke", "n_train": 64, "n_test": 4, "n_negatives": 2, "n_swap_images": 1,
-                    "n_single_train": 32, "image_size": 32, "workers": 0}, assets, tmp_path / "scenes",
+                    "n_single_train": 32, "image_size": 32, "workers": 0}, assets, tmp / "scenes",
                    splits_path=splits, log=lambda *a: None)
-    sets = tmp_path / "scenes" / "smoke"
-    cfg = tiny_cfg(epochs=4, lr=2e-3, curriculum_steps=2,
-                   data={"kind": "scenes", "train_dir": str(sets / "train"), "image_size": 32,
-                         "curriculum_dir": str(sets / "single_train")})
+    return tmp / "scenes" / "smoke"
+
+
+def test_smoke_epochs_on_rendered_scenes(scenes, tmp_path):
+    """End to end on generated data: fake assets -> composer -> fast views -> trainer; the loss falls."""
+    cfg = tiny_cfg(epochs=3, lr=2e-3, curriculum_steps=2,
+                   data={"kind": "scenes", "train_dir": str(scenes / "train"), "image_size": 32,
+                         "curriculum_dir": str(scenes / "single_train")})
     s = T.train(cfg, tmp_path / "run", progress=False)
-    assert [e["name"] for e in s["epochs"]] == ["curriculum"] + ["train"] * 4
-    assert s["steps"] == 2 + 4 * 4
+    assert [e["name"] for e in s["epochs"]] == ["curriculum"] + ["train"] * 3
+    assert s["steps"] == 2 + 3 * 4
     losses = [e["mean_loss"] for e in s["epochs"][1:]]
     assert losses[-1] < losses[0], losses
     rows = list(csv.DictReader((tmp_path / "run" / "steps.csv").open()))
     assert {r["phase"] for r in rows[:2]} == {"curriculum"} and all(float(r["loss_A"]) > 0 for r in rows)
+
+
+def test_fast_views_equal_the_dataset_views(scenes):
+    from avsl_core.batch_views import BatchViews, FastTrainViews
+    from avsl_core.data.datasets import TrainDataset
+    d = scenes / "train"
+    table = np.tile(np.arange(64)[:, None], (1, 2))[::-1].copy()          # neighbour of i: 63 - i
+    ref = TrainDataset(d / "manifest.jsonl", d, image_size=32, neighbours=table)
+    fast = FastTrainViews(d / "manifest.jsonl", d, image_size=32, neighbours=table)
+    b = BatchViews()([fast[i] for i in range(4)])
+    for i in range(4):
+        r = ref[i]
+        assert torch.equal(b["spec"][i], r["spec"]) and torch.allclose(b["image"][i], r["image"], atol=1e-6)
+        assert torch.allclose(b["image_conc"][i], ref[63 - i]["image"], atol=1e-6)
+        assert torch.equal(b["spec_conc"][i], ref[63 - i]["spec"])
+    # a_aug: a window of frames of the whole clip's log-mel (4 s clip: 126 frames, window 94)
+    full = fast.full_specs[5].float()
+    aug = fast[5]["spec_aug"]
+    assert full.shape[-1] == 126 and aug.shape == ref[5]["spec"].shape
+    assert any(torch.allclose(aug, full[..., o:o + 94]) for o in range(126 - 94 + 1))
+    assert b["image_aug"].shape == b["image"].shape
+
+
+def test_batch_simclr_parameters_do_what_they_say():
+    from avsl_core.batch_views import batch_simclr
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 16, 16)
+    off = dict(scale=(1, 1), ratio=(1, 1), flip_p=0, jitter_p=0, grayscale_p=0, blur_p=0)
+    assert torch.allclose(batch_simclr(x, **off), x, atol=1e-5)                          # identity
+    assert torch.allclose(batch_simclr(x, **{**off, "flip_p": 1}), x.flip(-1), atol=1e-5)
+    g = batch_simclr(x, **{**off, "grayscale_p": 1})
+    assert torch.allclose(g[:, 0], g[:, 1]) and torch.allclose(g[:, 1], g[:, 2])
+    assert torch.allclose(g[:, 0], (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1), atol=1e-5)
+    blurred = batch_simclr(x, **{**off, "blur_p": 1})
+    assert blurred.std() < x.std() and torch.allclose(blurred.mean(), x.mean(), atol=0.02)
+    same = x[:1].expand(8, 3, 16, 16)
+    y = batch_simclr(same)                                   # independent parameters per image
+    assert y.min() >= 0 and y.max() <= 1 and (y[0] - y[1:]).abs().amax((1, 2, 3)).min() > 1e-3

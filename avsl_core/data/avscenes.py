@@ -264,8 +264,8 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
     Image.fromarray(arr).save(path, compress_level=1)
 
 
-def _render_job(job: tuple[str, int]) -> list[dict]:
-    """Compose one scene, write its files, return its manifest rows (as dicts with stats)."""
+def _render_job(job: tuple[str, int]) -> list[ManifestItem]:
+    """Compose one scene, write its image, masks and clips; return its manifest items."""
     kind, index = job
     a, ccfg, set_name, spec, d = _W["assets"], _W["ccfg"], _W["set_name"], _W["spec"], _W["dir"]
     sc = compose_scene(a, set_name, index, _W["seed"], ccfg, kind=kind)

