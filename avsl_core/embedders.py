@@ -58,7 +58,7 @@ class EmbedderConfig:
     n_mels: int = 64
     steps: int = 300                  # optimiser steps
     batch_size: int = 64
-    lr: float = 1e-3                  # Adam
+    lr: float = 3e-3                  # Adam, cosine decay over `steps`
     weight_decay: float = 1e-4
     temperature: float = 0.2          # NT-Xent (ssl)
     proj_dim: int = 64                # SimCLR projection head output (ssl; discarded after training)
@@ -295,6 +295,7 @@ def train_embedder(cfg: EmbedderConfig, pool, log=print) -> tuple[TrunkEmbedder,
     cats = tuple(pool.categories)
     model = TrunkEmbedder(cfg, len(cats), cats)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.steps))     # cosine decay to 0
     b, n_audio = cfg.batch_size, int(round(cfg.audio_seconds * SAMPLE_RATE))
     if cfg.modality == "image":
         t0 = time.time()
@@ -333,6 +334,7 @@ def train_embedder(cfg: EmbedderConfig, pool, log=print) -> tuple[TrunkEmbedder,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         losses.append(loss.item())
         if (step + 1) % max(1, cfg.steps // 5) == 0:
             log(f"[embedders] {cfg.name}: step {step + 1}/{cfg.steps} loss "

