@@ -126,13 +126,19 @@ class FastTrainViews(TrainDataset):
         kw["frontend"] = "logmel"
         super().__init__(manifest, root, **kw)
         n = self.specs.shape[-1]                                   # frames of the main window
-        self.full_specs = []                                       # per item [1, M, frames_i] float16
-        with torch.no_grad():
-            for i in range(len(self.items)):
-                wave = self.store.wave(i)
-                if len(wave) < self.front.n:                         # short clip: tile to the window
-                    wave = np.resize(wave, self.front.n).astype(np.float32)
-                self.full_specs.append(self.front(wave).to(torch.float16))
+        waves = [self.store.wave(i) for i in range(len(self.items))]
+        waves = [w if len(w) >= self.front.n else np.resize(w, self.front.n).astype(np.float32)
+                 for w in waves]                                   # short clip: tiled to the window
+        self.full_specs: list[torch.Tensor] = [None] * len(waves)  # per item [1, M, frames_i] float16
+        by_len: dict[int, list[int]] = {}
+        for i, w in enumerate(waves):
+            by_len.setdefault(len(w), []).append(i)
+        for idx in by_len.values():                                # batched front-end per clip length
+            for k in range(0, len(idx), 256):
+                chunk = idx[k:k + 256]
+                specs = self.front.batch([waves[i] for i in chunk]).to(torch.float16)   # [b, 1, M, F]
+                for i, sp in zip(chunk, specs):
+                    self.full_specs[i] = sp.clone()
         self.n_frames = n
 
     def _shifted(self, i: int, rng: np.random.Generator) -> torch.Tensor:

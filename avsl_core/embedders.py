@@ -63,6 +63,8 @@ class EmbedderConfig:
     temperature: float = 0.2          # NT-Xent (ssl)
     proj_dim: int = 64                # SimCLR projection head output (ssl; discarded after training)
     bank_size: int = 2000             # single-object composites rendered once, augmented per step
+    bank_area: tuple[float, float] | None = None   # object box area range of the composites
+                                      # (uniform); None: the scenes' VGG-SS area law
     crop_scale: tuple[float, float] = (0.2, 1.0)   # RandomResizedCrop scale of the image views
     ambience_prob: float = 0.5        # audio: probability of an ambience bed per window
     categories: tuple[str, ...] | None = None      # None: every category with train image+audio files
@@ -191,15 +193,18 @@ def training_pool(assets, categories: tuple[str, ...] | None = None, image_size:
                 train=True, n_objects=(1, 1))
 
 
-def composite_bank(pool, n: int, image_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def composite_bank(pool, n: int, image_size: int, seed: int,
+                   area: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """n single-object composites (cut-out on a background, composer augmentation) -> uint8
     [n, S, S, 3] and their category indices [n] (into pool.categories)."""
     from avsl_core.data.compose import ComposerConfig, compose_scene
     key = (tuple(pool.categories), tuple(c.asset_id for cat in pool.categories for c in pool.images[cat]),
-           len(pool.backgrounds), n, image_size, seed)
+           len(pool.backgrounds), n, image_size, seed, area)
     if key in _BANKS:                       # the supervised and ssl image analogues share one bank
         return _BANKS[key]
     ccfg = ComposerConfig(image_size=image_size, n_objects=(1, 1))
+    if area is not None:
+        ccfg = dataclasses.replace(ccfg, area_quantiles=tuple(np.linspace(area[0], area[1], 21)))
     shim = types.SimpleNamespace(pool=lambda _name: pool)
     images, labels = np.empty((n, image_size, image_size, 3), np.uint8), np.empty(n, np.int64)
     for i in range(n):
@@ -299,7 +304,7 @@ def train_embedder(cfg: EmbedderConfig, pool, log=print) -> tuple[TrunkEmbedder,
     b, n_audio = cfg.batch_size, int(round(cfg.audio_seconds * SAMPLE_RATE))
     if cfg.modality == "image":
         t0 = time.time()
-        bank, bank_y = composite_bank(pool, cfg.bank_size, cfg.image_size, cfg.seed)
+        bank, bank_y = composite_bank(pool, cfg.bank_size, cfg.image_size, cfg.seed, cfg.bank_area)
         log(f"[embedders] {cfg.name}: {cfg.bank_size} composites in {time.time() - t0:.1f} s")
         bank_t = torch.from_numpy(bank).permute(0, 3, 1, 2).float() / 255.0          # [n, 3, S, S]
         gen = torch.Generator().manual_seed(cfg.seed)

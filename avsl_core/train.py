@@ -53,7 +53,7 @@ CKPT_FORMAT = 1
 CKPT_NAME = "last.pt"
 # Fields that may change between a run and its resumption (they do not change what is learned).
 RESUMABLE_FIELDS = ("epochs", "time_budget_min", "max_steps", "num_workers", "log_every")
-PRECISIONS = ("bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32")
 # batch key of each view (TrainDataset), and the loss' view names (losses.VISION_VIEWS/AUDIO_VIEWS)
 VIEW_KEYS = {"v": "image", "v_aug": "image_aug", "v_conc": "image_conc",
              "a": "spec", "a_aug": "spec_aug", "a_conc": "spec_conc"}
@@ -93,8 +93,8 @@ class TrainConfig:
     grad_clip: float | None = None       # max global grad norm, None = off
     num_workers: int = 0
     seed: int = 0
-    precision: str = "bf16"              # "bf16" autocast | "fp32"
-    channels_last: bool = True           # CPU: 2x with bf16 (notes/toolchain.md §5)
+    precision: str = "auto"              # "bf16" autocast | "fp32" | "auto" (see `resolve_precision`)
+    channels_last: bool = True           # CPU: 2x with bf16 on avx512_bf16 (notes/toolchain.md §5)
     curriculum_steps: int = 0            # steps drawn from data.curriculum_dir before epoch 1
     log_every: int = 10                  # progress-bar / console refresh (the CSV logs every step)
 
@@ -381,6 +381,16 @@ def load_checkpoint(path: str | os.PathLike, cfg: TrainConfig | None = None) -> 
 
 
 # ------------------------------------------------------------------------------------------ loop
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto": bf16 on CUDA and on CPUs with native bf16 (avx512_bf16 / AMX; oneDNN says so), else
+    fp32. On an AVX2-only CPU, bf16 autocast is emulated and was measured 4-8x *slower* than fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
 @dataclass
 class _Dist:
     rank: int = 0
@@ -491,7 +501,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
         log = csv.writer(log_f)
         if new_csv:
             log.writerow(STEP_FIELDS)
-    autocast = torch.autocast(dd.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+    precision = resolve_precision(cfg.precision, dd.device)
+    autocast = torch.autocast(dd.device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else math.inf
     stop_reason = None
     if elapsed >= budget_s or (cfg.max_steps is not None and step >= cfg.max_steps):
@@ -509,7 +520,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
                     "phase": phase, "batch": batch, "step": step, "elapsed_s": elapsed,
                     "epoch": sum(1 for p in phases[:phase] if p[0] == "train"), "n_phases": len(phases),
                     "config": cfg.to_dict(), "model_config": cfg.model_config.to_dict(), "seed": cfg.seed,
-                    "git_commit": git_commit(), "world_size": dd.world, "stop_reason": stop_reason})
+                    "git_commit": git_commit(), "world_size": dd.world, "stop_reason": stop_reason,
+                    "precision": precision})
         atomic_write_json(out / "epochs.json", epochs_log)
         write_model_card(out, cfg, step, epochs_log, stop_reason)
 
@@ -578,7 +590,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
         for b in model.buffers():
             dist.broadcast(b, 0)
     summary = {"steps": step, "elapsed_s": round(elapsed, 2), "stop_reason": stop_reason or "completed",
-               "epochs": epochs_log, "out": str(out), "rank": dd.rank, "world_size": dd.world,
+               "epochs": epochs_log, "out": str(out), "rank": dd.rank, "world_size": dd.world, "precision": precision,
                "param_sha256": param_hash(model), "state_sha256": param_hash(model, buffers=True)}
     if dd.main:
         log_f.close()

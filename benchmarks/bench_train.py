@@ -46,7 +46,8 @@ def model_only(cfg: T.TrainConfig, batch: dict, steps: int, skip: int) -> float:
     fake = {k: torch.randn_like(v) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
             for k, v in batch.items()}
     fake = T._to_device(fake, torch.device("cpu"), cfg.channels_last)
-    ac = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+    precision = T.resolve_precision(cfg.precision, torch.device("cpu"))
+    ac = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     model.train()
     times = []
     for i in range(skip + steps):
@@ -93,8 +94,9 @@ def main(argv=None) -> int:
     m2 = model_only(cfg, batch, a.steps, a.skip)
     ref = (m1 + m2) / 2
     print(f"config: {a.config} {a.section or ''} {' '.join(a.set)}")
-    print(f"threads {torch.get_num_threads()}, batch {cfg.batch_size}, {cfg.precision}, channels_last "
-          f"{cfg.channels_last}, num_workers {cfg.data and cfg.num_workers}, fast_views {T.uses_fast_views(cfg)}")
+    print(f"threads {torch.get_num_threads()}, batch {cfg.batch_size}, precision {cfg.precision} -> "
+          f"{T.resolve_precision(cfg.precision, torch.device('cpu'))}, channels_last "
+          f"{cfg.channels_last}, num_workers {cfg.num_workers}, fast_views {T.uses_fast_views(cfg)}")
     print(f"batch tensors: {json.dumps(shapes)}")
     print(f"{'step':<34}{'samples/s':>10}")
     print(f"{'model only (synthetic), before':<34}{m1:>10.1f}")

@@ -338,7 +338,7 @@ def main(argv=None) -> int:
             if lst[outer] is not None:
                 outer = lst[outer]
                 it["path"] = outer + sep + inner
-        reason = next((r for (m, suf), r in DROP.items() if m == it["modality"] and outer.endswith(suf)), None)
+        reason = next((r for (m, suf), r in DROP.items() if m == it["modality"] and it["path"].endswith(suf)), None)
         if reason:
             counts[f"dropped (curation): {reason}"] += 1
             continue

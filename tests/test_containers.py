@@ -138,7 +138,8 @@ def make_sf2(pcm: np.ndarray, rate: int = 8000, loop: tuple[int, int] = (100, 30
     smpl = np.asarray(pcm, dtype="<i2").tobytes() + b"\0" * 92      # 46 zero samples after the sample
     n = len(pcm)
     nm = lambda s: s.encode().ljust(20, b"\0")  # noqa: E731
-    phdr = nm("Preset") + struct.pack("<HHHIII", program, 0, 0, 0, 0, 0) + nm("EOP") + struct.pack("<HHHIII", 0, 0, 1, 0, 0, 0)
+    phdr = (nm("Preset") + struct.pack("<HHHIII", program, 0, 0, 0, 0, 0)
+            + nm("EOP") + struct.pack("<HHHIII", 0, 0, 1, 0, 0, 0))
     pbag = struct.pack("<HH", 0, 0) + struct.pack("<HH", 1, 0)
     pgen = struct.pack("<HH", 41, 0) + struct.pack("<HH", 0, 0)
     inst = nm("Inst") + struct.pack("<H", 0) + nm("EOI") + struct.pack("<H", 1)

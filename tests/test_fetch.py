@@ -91,7 +91,8 @@ def pkgset(tmp_path):
             ("c1-snd", "c1", "audio", "recording", "fake-data", "usr/share/f/snd.wav", "train", "g2"),
             ("c1-rcc", "c1", "audio", "recording", "fake-data", "usr/share/f/res.rcc::g/s/tone.wav", "test", "g3"),
             ("c2-cat", "c2", "audio", "recording", "fake-data", "usr/share/f/sfx.cat::Cow", "test", "g4"),
-            ("c2-sf2", "c2", "audio", "instrument_sample", "fake-data", "usr/share/f/font.sf2::7/Tone C4", "train", "g5"),
+            ("c2-sf2", "c2", "audio", "instrument_sample", "fake-data", "usr/share/f/font.sf2::7/Tone C4", "train",
+             "g5"),
             ("c2-whl", "c2", "audio", "recording", "fake-wheel", "fake_wheel/sounds/a.flac", "train", "g6"),
             ("bg", "", "background", "photo_background", "fake-data", "usr/share/f/bg.jpg", "train", "g7"),
             ("amb", "", "ambience", "ambience", "fake-wheel", "fake_wheel/sounds/amb.flac", "test", "g8")]
@@ -151,7 +152,8 @@ def test_hash_mismatch_names_the_file_and_leaves_nothing_half_written(tmp_path, 
     rows = list(csv.DictReader(open(mdir / "assets.csv")))
     rows[2]["sha256"] = "0" * 64                                   # the .rcc member
     _write_csv(mdir / "assets.csv", F.ASSET_FIELDS, rows)
-    with pytest.raises(DataError, match=r"fake-data_1%3a1\.0_all\.deb:usr/share/f/res\.rcc::g/s/tone\.wav: sha256 mismatch"):
+    where = r"fake-data_1%3a1\.0_all\.deb:usr/share/f/res\.rcc::g/s/tone\.wav"
+    with pytest.raises(DataError, match=where + ": sha256 mismatch"):
         _fetch(tmp_path, mdir, debs)
     assert (dest / "index.csv").read_bytes() == index_before       # the previous cache is untouched
     assert not list(tmp_path.glob(".assets.*")) and not list(tmp_path.glob(".assets*"))
@@ -199,8 +201,9 @@ def test_host_debian_source_reads_one_line_and_deb822(tmp_path, monkeypatch):
         "Types: deb deb-src\nURIs: http://archive.invalid/debian/\nSuites: trixie trixie-updates\n"
         "Components: main contrib\nSigned-By: /nonexistent/keyring.gpg\n")
     assert F.host_debian_source((str(d),)) == ("http://archive.invalid/debian", None)
-    (d / "sources.list").write_text("# comment\ndeb http://sec.invalid/debian-security bookworm-security main\n"
-                                    f"deb [arch=amd64 signed-by={d / 'sources.list'}] http://one.invalid/debian bookworm main\n")
+    (d / "sources.list").write_text(
+        "# comment\ndeb http://sec.invalid/debian-security bookworm-security main\n"
+        f"deb [arch=amd64 signed-by={d / 'sources.list'}] http://one.invalid/debian bookworm main\n")
     assert F.host_debian_source((str(d),)) == ("http://one.invalid/debian", str(d / "sources.list"))
     for f in [d / "sources.list", *(d / "sources.list.d").iterdir()]:
         f.unlink()

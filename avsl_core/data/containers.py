@@ -314,7 +314,8 @@ class SoundFont:
             if cid == b"LIST":
                 sub_pos, sub_end = pos + 12, pos + 8 + size
                 while sub_pos + 8 <= sub_end:
-                    sid, ssize = data[sub_pos:sub_pos + 4].decode("latin-1"), struct.unpack_from("<I", data, sub_pos + 4)[0]
+                    sid = data[sub_pos:sub_pos + 4].decode("latin-1")
+                    (ssize,) = struct.unpack_from("<I", data, sub_pos + 4)
                     chunks[sid] = mv[sub_pos + 8: sub_pos + 8 + ssize]
                     sub_pos += 8 + ssize + (ssize & 1)
             pos += 8 + size + (size & 1)
@@ -324,10 +325,11 @@ class SoundFont:
             raise DataError(source, f"SoundFont lacks chunk(s) {missing}")
         self._smpl = chunks["smpl"]
         rec = lambda c, n: [bytes(chunks[c][i:i + n]) for i in range(0, len(chunks[c]) - n + 1, n)]  # noqa: E731
-        self.phdr = [(r[:20].split(b"\0")[0].decode("latin-1"),) + struct.unpack("<3H", r[20:26]) for r in rec("phdr", 38)]
+        name = lambda r: r[:20].split(b"\0")[0].decode("latin-1")  # noqa: E731
+        self.phdr = [(name(r),) + struct.unpack("<3H", r[20:26]) for r in rec("phdr", 38)]
         self.pbag = [struct.unpack("<H", r[:2])[0] for r in rec("pbag", 4)]
         self.pgen = [struct.unpack("<Hh", r) for r in rec("pgen", 4)]
-        self.inst = [(r[:20].split(b"\0")[0].decode("latin-1"), struct.unpack("<H", r[20:22])[0]) for r in rec("inst", 22)]
+        self.inst = [(name(r), struct.unpack("<H", r[20:22])[0]) for r in rec("inst", 22)]
         self.ibag = [struct.unpack("<H", r[:2])[0] for r in rec("ibag", 4)]
         self.igen = [struct.unpack("<Hh", r) for r in rec("igen", 4)]
         self.samples = []

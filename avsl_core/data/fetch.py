@@ -103,6 +103,8 @@ def read_assets(path: Path) -> list[dict]:
             raise DataError(path, f"unknown kind {r['kind']!r}", row=i, field="kind")
         if r["split"] not in ("train", "test"):
             raise DataError(path, f"split must be train or test, got {r['split']!r}", row=i, field="split")
+        if r["modality"] in ("image", "audio") and not r["category"].strip():
+            raise DataError(path, "an image or audio asset needs a category", row=i, field="category")
         if r["asset_id"] in seen or not re.fullmatch(r"[A-Za-z0-9_.-]+", r["asset_id"]):
             raise DataError(path, f"duplicate or malformed asset_id {r['asset_id']!r}", row=i, field="asset_id")
         seen.add(r["asset_id"])
@@ -203,7 +205,8 @@ def _run(cmd: list[str], what: str, cwd=None) -> None:
 
 
 def prepare_apt(downloads: Path, log=print) -> list[str]:
-    """Private apt config under ``downloads/apt`` naming suite bookworm; ``apt-get update`` only if lists are missing."""
+    """Private apt config under ``downloads/apt`` naming suite bookworm; runs ``apt-get update`` only if
+    its lists are missing. Returns the ``-o`` options every apt-get call must carry."""
     apt_dir = downloads / "apt"
     for sub in ("lists/partial", "cache/archives/partial", "parts"):
         (apt_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -447,7 +450,8 @@ def process_package(package_file: str, rows: list[dict], staging: str, memo: str
                 digest = sha256_bytes(data)
                 if digest != r["sha256"]:
                     raise DataError(f"{Path(package_file).name}:{r['path_in_package']}",
-                                    f"sha256 mismatch (asset {r['asset_id']}): got {digest}, assets.csv pins {r['sha256']}")
+                                    f"sha256 mismatch (asset {r['asset_id']}): got {digest}, "
+                                    f"assets.csv pins {r['sha256']}")
                 blob, ext = _convert(r, data, sample)
                 if memo_dir is not None:
                     atomic_write(memo_dir / f"{digest}.{r['modality']}{ext}", blob)
@@ -557,7 +561,8 @@ def load_asset_index(assets_root="data/assets"):
             raise DataError(path, "missing column", field=c)
     bad = df[~df["modality"].isin(MODALITIES)]
     if len(bad):
-        raise DataError(path, f"unknown modality {bad.iloc[0]['modality']!r}", row=int(bad.index[0]) + 2, field="modality")
+        raise DataError(path, f"unknown modality {bad.iloc[0]['modality']!r}", row=int(bad.index[0]) + 2,
+                        field="modality")
     bad = df[~df["split"].isin(("train", "test"))]
     if len(bad):
         raise DataError(path, f"bad split {bad.iloc[0]['split']!r}", row=int(bad.index[0]) + 2, field="split")
@@ -575,7 +580,8 @@ def load_asset_index(assets_root="data/assets"):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m avsl_core.data.fetch", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dest", default="data/assets", help="asset cache (relative: to the repository root)")
-    ap.add_argument("--downloads", default="data/downloads", help="package downloads (relative: to the repository root)")
+    ap.add_argument("--downloads", default="data/downloads",
+                    help="package downloads (relative: to the repository root)")
     ap.add_argument("--debs", default=None, help="folder of already downloaded .deb/.whl files (no apt needed)")
     ap.add_argument("--manifests", default=None, help="folder with packages.csv and assets.csv")
     ap.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
