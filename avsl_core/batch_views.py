@@ -9,7 +9,8 @@ and a log-mel of the shifted window (~3 ms): more CPU than the model step itself
   of frames of the log-mel of the *whole* clip, precomputed once (paper §3 a_aug, "the same clip with
   a random time shift": a random 3 s window of the 4 s training clip, offsets on the 32 ms hop grid;
   a clip no longer than the window is shifted circularly). `image_conc` / `spec_conc` are a neighbour's
-  (uniform over the row of the k-NN table, as TrainDataset).
+  (uniform over the row of the k-NN table, as TrainDataset; with a separate audio table, as the
+  paper mines them, `spec_conc` is drawn from the audio table's row independently).
 * `BatchViews` is the DataLoader `collate_fn` (it runs in the workers when num_workers > 0): it stacks
   the items and builds `image`, `image_aug` (SimCLR, `batch_simclr`) and `image_conc` on the batch.
 * `batch_simclr`: SimCLR's augmentation (Chen et al. 2020, App. A; the parameters of
@@ -122,24 +123,34 @@ def _hue_matrix(angle: torch.Tensor) -> torch.Tensor:
 class FastTrainViews(TrainDataset):
     """TrainDataset whose items are cheap (see the module docstring); use with `BatchViews`."""
 
-    def __init__(self, manifest, root=None, **kw):
+    def __init__(self, manifest, root=None, *, audio_neighbours: np.ndarray | None = None, **kw):
         kw["frontend"] = "logmel"
         super().__init__(manifest, root, **kw)
+        if audio_neighbours is not None:
+            audio_neighbours = np.asarray(audio_neighbours)
+            if audio_neighbours.ndim != 2 or audio_neighbours.shape[0] != len(self.items) or \
+                    audio_neighbours.min() < 0 or audio_neighbours.max() >= len(self.items):
+                raise ValueError(f"audio neighbour table must be [N={len(self.items)}, k>=1] of indices in [0, N), "
+                                 f"got {audio_neighbours.shape}")
+        self.audio_neighbours = audio_neighbours
         n = self.specs.shape[-1]                                   # frames of the main window
-        waves = [self.store.wave(i) for i in range(len(self.items))]
-        waves = [w if len(w) >= self.front.n else np.resize(w, self.front.n).astype(np.float32)
-                 for w in waves]                                   # short clip: tiled to the window
-        self.full_specs: list[torch.Tensor] = [None] * len(waves)  # per item [1, M, frames_i] float16
+        n_items = len(self.items)
+        self.full_specs: list[torch.Tensor] = [None] * n_items     # per item [1, M, frames_i] float16
         by_len: dict[int, list[int]] = {}
-        for i, w in enumerate(waves):
-            by_len.setdefault(len(w), []).append(i)
+        for i in range(n_items):                                   # short clips are tiled to the window
+            by_len.setdefault(max(len(self.store.audio[i]), self.front.n), []).append(i)
         for idx in by_len.values():                                # batched front-end per clip length
             for k in range(0, len(idx), 256):
                 chunk = idx[k:k + 256]
-                specs = self.front.batch([waves[i] for i in chunk]).to(torch.float16)   # [b, 1, M, F]
+                waves = [self._clip(i) for i in chunk]
+                specs = self.front.batch(waves).to(torch.float16)  # [b, 1, M, F]
                 for i, sp in zip(chunk, specs):
                     self.full_specs[i] = sp.clone()
         self.n_frames = n
+
+    def _clip(self, i: int) -> np.ndarray:
+        w = self.store.wave(i)
+        return w if len(w) >= self.front.n else np.resize(w, self.front.n).astype(np.float32)
 
     def _shifted(self, i: int, rng: np.random.Generator) -> torch.Tensor:
         full = self.full_specs[i]
@@ -153,10 +164,13 @@ class FastTrainViews(TrainDataset):
         rng = self.rng()
         out = dict(index=i, id=self.items[i].id, image_u8=torch.from_numpy(self.store.images[i]).permute(2, 0, 1),
                    spec=self.specs[i], spec_aug=self._shifted(i, rng))
-        if self.neighbours is not None:
+        if self.neighbours is not None:   # v_conc from the image table; a_conc from the audio table if any
             row = self.neighbours[i]
             j = int(row[rng.integers(len(row))])
             out["image_conc_u8"] = torch.from_numpy(self.store.images[j]).permute(2, 0, 1)
+            if self.audio_neighbours is not None:
+                row = self.audio_neighbours[i]
+                j = int(row[rng.integers(len(row))])
             out["spec_conc"] = self.specs[j]
         return out
 

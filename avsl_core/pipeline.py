@@ -33,6 +33,7 @@ class Step:
 # Dependency order; every step's deps come before it.
 STEPS: tuple[Step, ...] = (
     Step("00_prepare_data"),
+    Step("15_mine_positives", deps=("00_prepare_data",)),
 )
 
 

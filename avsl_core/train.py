@@ -82,7 +82,8 @@ class TrainConfig:
     model: dict = field(default_factory=dict)    # ModelConfig fields
     loss: dict = field(default_factory=dict)     # the method's loss config (LossConfig for "ours")
     data: DataConfig = field(default_factory=DataConfig)
-    neighbours: str | None = None        # [N, k] int .npy from avsl_core.mining: v_conc / a_conc (semantic)
+    neighbours: str | None = None        # [N, k] int .npy (avsl_core.mining): v_conc, and a_conc unless ...
+    audio_neighbours: str | None = None  # ... a separate audio table is given (paper §3; fast views only)
     epochs: int = 1                      # passes over the training set (after the curriculum phase)
     time_budget_min: float | None = None  # stop at the end of the step that crosses it (then checkpoint)
     max_steps: int | None = None         # hard cap on optimizer steps (curriculum included)
@@ -172,23 +173,28 @@ class OursMethod:
                              "table [N, k] from avsl_core.mining, or set loss.semantic=false")
         self.needs_conc = self.loss_cfg.semantic
 
-    def views(self) -> tuple[list[str], list[str]]:
+    def views(self, semantic: bool | None = None) -> tuple[list[str], list[str]]:
         vis, aud = ["v"], ["a"]
         if self.loss_cfg.multi_view:
             vis, aud = vis + ["v_aug"], aud + ["a_aug"]
-        if self.loss_cfg.semantic:
+        if self.loss_cfg.semantic if semantic is None else semantic:
             vis, aud = vis + ["v_conc"], aud + ["a_conc"]
         return vis, aud
 
     def loss(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        vis, aud = self.views()
+        # a curriculum batch (a set the neighbour table does not index) has no conceptual views:
+        # it trains on the other pairs only
+        semantic = self.loss_cfg.semantic and "image_conc" in batch
+        loss_cfg = self.loss_cfg if semantic == self.loss_cfg.semantic else \
+            dataclasses.replace(self.loss_cfg, semantic=False)
+        vis, aud = self.views(semantic)
         images = torch.cat([batch[VIEW_KEYS[v]] for v in vis])          # [nv*B, 3, S, S]
         specs = torch.cat([batch[VIEW_KEYS[a]] for a in aud])           # [na*B, 1, F, T]
         out = model(images, specs)                                      # one pass: DDP hooks see it
         b = batch[VIEW_KEYS["v"]].shape[0]
         vision = {v: {k: out[k][i * b:(i + 1) * b] for k in ("v_map", "v_emb")} for i, v in enumerate(vis)}
         audio = {a: {k: out[k][i * b:(i + 1) * b] for k in ("a", "a_emb")} for i, a in enumerate(aud)}
-        return multi_positive_loss(vision, audio, self.loss_cfg)
+        return multi_positive_loss(vision, audio, loss_cfg)
 
     def after_step(self, model: torch.nn.Module) -> None:   # momentum encoders etc. (baselines)
         pass
@@ -260,11 +266,24 @@ def build_dataset(cfg: TrainConfig, set_dir: str | None, with_conc: bool) -> Dat
     if not (root / "manifest.jsonl").exists():
         raise FileNotFoundError(f"{root / 'manifest.jsonl'}: no rendered set here (data.train_dir / "
                                 "data.curriculum_dir; render it with avsl_core.data.avscenes)")
-    table = np.load(_resolve(cfg.neighbours)) if with_conc and cfg.neighbours else None
-    if table is not None and set_dir != d.train_dir:
-        table = None     # the table indexes the training set; other sets (curriculum) go without v_conc
-    return TrainDataset(root / "manifest.jsonl", root, neighbours=table, image_size=d.image_size,
-                        frontend=d.frontend, **d.options)
+    tables = {}
+    if with_conc and set_dir == d.train_dir:   # tables index the training set; a curriculum set goes without
+        if not cfg.neighbours:
+            raise ValueError("the loss needs conceptual positives: set `neighbours` (a table from avsl_core.mining)")
+        tables["neighbours"] = _load_table(cfg.neighbours)
+        if cfg.audio_neighbours:
+            if not uses_fast_views(cfg):
+                raise ValueError("audio_neighbours (a separate a_conc table) needs data.fast_views with logmel")
+            tables["audio_neighbours"] = _load_table(cfg.audio_neighbours)
+    return TrainDataset(root / "manifest.jsonl", root, image_size=d.image_size, frontend=d.frontend,
+                        **tables, **d.options)
+
+
+def _load_table(path: str) -> np.ndarray:
+    p = _resolve(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: neighbour table not found (build it with avsl_core.mining / embedders)")
+    return np.load(p)
 
 
 def uses_fast_views(cfg: TrainConfig) -> bool:
@@ -452,6 +471,10 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
     from tqdm.auto import tqdm
     out = Path(out_dir)
     dd = _init_dist(device)
+    if dd.device.type == "cpu":
+        # Denormal floats appear in the weights/gradients after a few steps and make x86 kernels
+        # 5-10x slower (measured: 0.5 s -> 5 s per step); flush them to zero (process-wide).
+        torch.set_flush_denormal(True)
     ckpt_path = out / CKPT_NAME
     if ckpt_path.exists() and not resume:
         raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")

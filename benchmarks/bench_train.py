@@ -38,6 +38,7 @@ def real_batch(cfg: T.TrainConfig, method) -> dict:
 def model_only(cfg: T.TrainConfig, batch: dict, steps: int, skip: int) -> float:
     """samples/s of the bare step on random tensors shaped like `batch`."""
     torch.manual_seed(cfg.seed)
+    torch.set_flush_denormal(True)                     # as the trainer does on CPU
     model = AVModel(cfg.model_config)
     method = T.METHODS[cfg.method](cfg, model)
     if cfg.channels_last:
