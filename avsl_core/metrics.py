@@ -280,16 +280,20 @@ def adaptive_ciou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 #
 # The exact path (``binarize(prepare(...))``) upsamples with the exact operator, thresholds the
 # normalised float32 map at its sorted index N//2 and compares. The fast path upsamples with float32
-# matmuls (error ≤ eps per pixel, a bound from the matrices: :func:`_fast_op`), finds the threshold
-# pixel by selection inside a narrow value bracket, and re-derives from exact (float64) pixel values
-# only what floating point could change: pixels whose fast values lie within
-#   beta = 2·eps + merge  of the threshold pixel or of each other (merge: the widest gap that the
-# float32 normalisation can close, so pixels further apart keep their order and stay distinct).
-# Maps the argument cannot settle cheaply (a constant map, a tie cluster of > _CLUSTER_MAX pixels,
-# a bracket that missed) go through the exact path whole.
+# matmuls, within eps of the exact values (a bound from the matrices: :func:`_fast_op`). Normalising
+# is monotone, so the threshold pixel is the one of rank N//2 in the fast map, found by selection
+# inside a value bracket taken from a strided sub-sample and checked by counting. Only where
+# floating point could change the answer are exact values computed: pixels whose fast values lie
+# within beta = 2·eps + merge of the threshold pixel, chained (merge: the widest gap that the
+# float32 normalisation can close, so that pixels further apart keep their order and stay
+# distinct). Their exact values, normalised with the map's exact min and max when two of them are
+# closer than ``merge``, settle the threshold and the comparison. Maps the argument cannot settle
+# cheaply (a constant map, a cluster of > _CLUSTER_MAX near-tied pixels, a missed bracket) take
+# the exact path whole.
 _U32 = 2.0 ** -24       # float32 unit roundoff
 _SUB_STRIDE = 29        # median bracket from every 29th pixel (1731 of 50176)
-_SUB_HALF = 28          # bracket half-width in sub-sample ranks (rank error sd ≈ 6 on random maps)
+_SUB_NARROW = 12        # bracket half-width in sub-sample ranks (~2 sd of the rank error)...
+_SUB_WIDE = 60          # ...and for the maps it misses (~10 sd)
 _BAND_MAX = 16384       # pixels inside the bracket, at most
 _CLUSTER_MAX = 4096     # near-tie cluster size, at most
 
@@ -319,13 +323,14 @@ class _FastOp:
 @functools.lru_cache(maxsize=32)
 def _fast_op(mode: str, h: int, w: int, size: int) -> _FastOp:
     """Float32 matrices and the error bound of the fast upsampling. Per output pixel the float32
-    GEMM rounds the weights (u), sums t_h then t_w non-zero products (γ_t each), and the exact value is
-    rounded once (u): |fast − exact| ≤ (t_h + t_w + 3)·u·gain·max|M| to first order; doubled."""
+    GEMM rounds the weights (u), sums t_h then t_w non-zero products (γ_t = t·u each, zero products
+    being exact) and the exact value is rounded once (u): |fast − exact| ≤ (t_h + t_w + 3)·u·gain·max|M|
+    to first order (second-order terms < 1e-13 relative; 1 % margin)."""
     uh, uw = upsample_matrices(mode, h, w, size)
     th, tw = int((uh != 0).sum(1).max()), int((uw != 0).sum(1).max())
     gain = float(uh.abs().sum(1).max() * uw.abs().sum(1).max())
     return _FastOp(uh.float().contiguous(), uw.T.float().contiguous(), uh.numpy(), uw.numpy(), gain,
-                   2.0 * (th + tw + 3) * _U32 * gain)
+                   1.01 * (th + tw + 3) * _U32 * gain)
 
 
 def upsample_fast(maps: torch.Tensor, mode: str, size: int = EVAL_SIZE) -> torch.Tensor:
@@ -336,74 +341,78 @@ def upsample_fast(maps: torch.Tensor, mode: str, size: int = EVAL_SIZE) -> torch
     return torch.matmul(torch.matmul(op.uh32, m), op.uwt32)
 
 
-def _f32_down(x: np.ndarray) -> np.ndarray:
-    f = np.asarray(x, np.float64).astype(np.float32)
+def _f32_down(x) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    f = x.astype(np.float32)
     return np.where(f.astype(np.float64) > x, np.nextafter(f, np.float32(-np.inf)), f)
 
 
-def _f32_up(x: np.ndarray) -> np.ndarray:
-    f = np.asarray(x, np.float64).astype(np.float32)
+def _f32_up(x) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    f = x.astype(np.float32)
     return np.where(f.astype(np.float64) < x, np.nextafter(f, np.float32(np.inf)), f)
 
 
 def _exact_values(m: np.ndarray, rows: np.ndarray, pos: np.ndarray, op: _FastOp) -> np.ndarray:
-    """Exact upsampled values (float64 sums, rounded once to float32) of pixels ``pos`` (flat index)
+    """Exact upsampled values (float64 sums rounded once to float32) at flat pixel positions ``pos``
     of maps ``rows``: what :func:`upsample` gives there. [n] float32."""
     S = op.uh.shape[0]
     t = np.einsum("nh,nhw->nw", op.uh[pos // S], m[rows].astype(np.float64))
     return (t * op.uw[pos % S]).sum(1).astype(np.float32)
 
 
-def _true_positions(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row, flat position) of every True of a bool [B, N] array, row-major. Scans packed 64-bit
-    words (np.nonzero on the bool array is ~20× slower)."""
-    B, N = mask.shape
-    pb = np.packbits(mask, axis=1)
-    nb = -(-pb.shape[1] // 8) * 8
-    if nb != pb.shape[1]:
-        pb = np.concatenate([pb, np.zeros((B, nb - pb.shape[1]), np.uint8)], 1)
-    words = np.flatnonzero(pb.view(np.uint64))  # [nw] word index over all rows
-    bits = np.unpackbits(pb.reshape(-1, 8)[words], axis=1)  # [nw, 64], bit order of np.packbits
+def _set_bits(pb: np.ndarray):
+    """The set bits of packed rows pb [B, nb] (np.packbits order), row-major: rows, flat positions,
+    and (byte indices into pb.ravel(), the [n_bytes, 8] unpacked bytes, each bit's index into them)
+    for writing bits back with :func:`_or_bits`."""
+    nb = pb.shape[1]
+    flat = pb.reshape(-1)
+    byt = np.flatnonzero(flat != 0)
+    bits = np.unpackbits(flat[byt][:, None], axis=1)
     f = np.flatnonzero(bits.view(bool))
-    g = words[f >> 6] * 64 + (f & 63)  # bit index over the padded rows
-    return g // (nb * 8), g % (nb * 8)
+    g = byt[f >> 3]
+    return g // nb, (g % nb) * 8 + (f & 7), (byt, bits.shape, f)
 
 
-def _band(ge: np.ndarray, gt: np.ndarray, u: np.ndarray):
-    """Pixels with ge & ~gt (bool [B, N]; gt ⊆ ge), row-major: mask, rows, flat positions, values."""
-    band = np.greater(ge, gt)
-    rows, pos = _true_positions(band)
-    return band, rows, pos, u[rows, pos]
+def _or_bits(pb: np.ndarray, where, on: np.ndarray) -> None:
+    """Set, in packed rows pb, the bits listed by ``where`` (from :func:`_set_bits`) whose ``on``."""
+    byt, shape, f = where
+    ob = np.zeros(shape, bool)
+    ob.reshape(-1)[f[on]] = True
+    pb.reshape(-1)[byt] |= np.packbits(ob, axis=1)[:, 0]
+
+
+def _popcount(pb: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(pb).sum(1, dtype=np.int64)
 
 
 def _pad_rows(rows: np.ndarray, vals: np.ndarray, n_rows: int, fill, lead=None):
-    """Values grouped by row (rows sorted) → [n_rows, width] with ``fill`` around them; row i's
-    values start at column ``lead[i]`` (default 0). Returns (padded, column of each value)."""
+    """Values grouped by row (rows sorted) → [n_rows, width], ``fill`` around them; row i's values
+    start at column ``lead[i]`` (default 0)."""
     counts = np.bincount(rows, minlength=n_rows)
     starts = np.cumsum(counts) - counts
     lead = np.zeros(n_rows, np.int64) if lead is None else lead
     col = lead[rows] + np.arange(len(rows)) - starts[rows]
-    width = int(max((lead + counts).max(), 1))
-    out = np.full((n_rows, width), fill, vals.dtype)
+    out = np.full((n_rows, int(max((lead + counts).max(), 1))), fill, vals.dtype)
     out[rows, col] = vals
-    return out, col
+    return out
 
 
 def _merge_width(p: Protocol, amax: np.ndarray, gain: float, tau: float | None) -> np.ndarray:
-    """Largest gap (in upsampled units) that the float32 normalisation may close between two exact
-    values: min-max rounds x − lo then divides by the range r (≤ 2·gain·max|M|) and ``1 − ·`` rounds
-    at 2^-24: ≤ 5u·r; SLAVC's (x − lo)/(hi − lo) first rounds at |x| + 1/τ. Doubled: 8u·r (+ 8u(…))."""
+    """Widest gap (upsampled units) that the float32 normalisation can close between two exact values:
+    min-max rounds x − lo at the range r ≤ 2·gain·max|M| and divides (≤ 3u·r), ``1 − ·`` rounds at
+    2^-24 (≤ 6u·r); SLAVC's (x + 1/τ)/(2/τ) first rounds at |x| + 1/τ (≤ 6u(|x| + 1/τ)). Rounded up:
+    8u·r (+ 8u(gain·max|M| + 1/τ))."""
     if p.normalise == "none" and not p.score_first:
         return np.zeros_like(amax)
-    r = 2.0 * gain * amax
     extra = 8.0 * _U32 * (gain * amax + (1.0 if tau is None else 1.0 / tau)) if p.score_first else 0.0
-    return 8.0 * _U32 * r + extra
+    return 16.0 * _U32 * gain * amax + extra
 
 
 def _exact_norm(p: Protocol, v: np.ndarray, lo: np.ndarray, hi: np.ndarray, tau) -> np.ndarray:
-    """The protocol's normalised value of exact upsampled values ``v`` [n] of maps whose exact min and
-    max are ``lo``, ``hi`` [n] — the same float32 operations as :func:`prepare`, elementwise."""
-    a = np.stack([v, lo, hi], 1).astype(np.float32)  # [n, 3]: the value, the map's min and max
+    """The protocol's normalised value of exact upsampled values ``v`` [n] in maps whose exact min and
+    max are ``lo``, ``hi`` [n]: the float32 operations of :func:`prepare`, elementwise."""
+    a = np.stack([v, lo, hi], 1).astype(np.float32)  # [n, 3]: the value, its map's min and max
     if p.score_first:
         a = absolute_av_score(torch.from_numpy(a), tau).numpy().astype(np.float32)
     _normalise_rows(a, p.normalise, a[:, 1].copy(), a[:, 2].copy())
@@ -411,160 +420,165 @@ def _exact_norm(p: Protocol, v: np.ndarray, lo: np.ndarray, hi: np.ndarray, tau)
 
 
 def _exact_min_max(u: np.ndarray, m: np.ndarray, rows: np.ndarray, eps: np.ndarray, op: _FastOp):
-    """Exact min and max of the upsampled maps ``rows``: candidates within 2·eps of the fast extremes."""
-    uu = u[rows]
-    lo_f, hi_f = uu.min(1).astype(np.float64), uu.max(1).astype(np.float64)
-    out = []
-    for cand, red, init in ((uu <= _f32_up(lo_f + 2 * eps[rows])[:, None], np.minimum, np.inf),
-                            (uu >= _f32_down(hi_f - 2 * eps[rows])[:, None], np.maximum, -np.inf)):
-        r, pos = _true_positions(cand)
-        v = _exact_values(m, rows[r], pos, op)
-        ext = np.full(len(rows), init, np.float32)
-        red.at(ext, r, v)
-        out.append(ext)
-    return out[0], out[1]
+    """Exact min and max of upsampled maps ``rows``: the extremes over pixels within 2·eps of the fast
+    ones. Returns two float32 [len(rows)]."""
+    lo, hi = np.empty(len(rows), np.float32), np.empty(len(rows), np.float32)
+    for i, r in enumerate(rows):
+        ur = u[r:r + 1]
+        for out, cand, red in ((lo, ur <= _f32_up(float(ur.min()) + 2 * eps[r]), np.min),
+                               (hi, ur >= _f32_down(float(ur.max()) - 2 * eps[r]), np.max)):
+            _, pos, _ = _set_bits(np.packbits(cand, axis=1))
+            out[i] = red(_exact_values(m, np.full(len(pos), r), pos, op))
+    return lo, hi
 
 
-def _fast_median_chunk(u, m, p: Protocol, tau, op: _FastOp, eps, merge):
-    """Median-threshold protocols on one chunk: (on-mask bool [B, N], rows needing the exact path)."""
+def _median_chunk(u, m, p: Protocol, tau, op: _FastOp, eps, merge, ge, gt):
+    """Median-threshold protocols on one chunk (u [B, N] fast maps, m [B, h, w] native maps; ge, gt bool
+    [B, N] scratch): (packed on-bits [B, ⌈N/8⌉], rows needing the exact path, rows settled exactly)."""
     B, N = u.shape
     k = N // 2
-    # 1. a value bracket [a, b] around rank k from a strided sub-sample, checked by counting
+    # 1. value bracket [a, b] around rank k from a strided sub-sample, checked by counting
     sub = u[:, ::_SUB_STRIDE].copy()
     ms = sub.shape[1]
     q = int((k + 0.5) * ms / N)
-    ra, rb = max(q - _SUB_HALF, 0), min(q + _SUB_HALF, ms - 1)
-    sub.partition([ra, rb], axis=1)
-    a, b = sub[:, ra].copy(), sub[:, rb].copy()
-    ge, gt = u >= a[:, None], u > b[:, None]
-    n_below = N - np.bitwise_count(np.packbits(ge, axis=1)).sum(1, dtype=np.int64)
-    n_above = np.bitwise_count(np.packbits(gt, axis=1)).sum(1, dtype=np.int64)
+    kn = (max(q - _SUB_NARROW, 0), min(q + _SUB_NARROW, ms - 1))
+    kw = (max(q - _SUB_WIDE, 0), min(q + _SUB_WIDE, ms - 1))
+    sub.partition(sorted(set(kn + kw)), axis=1)
+    a, b = sub[:, kn[0]].copy(), sub[:, kn[1]].copy()
+    np.greater_equal(u, a[:, None], out=ge)
+    np.greater(u, b[:, None], out=gt)
+    pge, pgt = np.packbits(ge, axis=1), np.packbits(gt, axis=1)
+    n_below, n_above = N - _popcount(pge), _popcount(pgt)
+    miss = np.flatnonzero((n_below > k) | (k >= N - n_above))
+    if len(miss):  # widen the bracket for these maps
+        a[miss], b[miss] = sub[miss, kw[0]], sub[miss, kw[1]]
+        pge[miss] = np.packbits(u[miss] >= a[miss, None], axis=1)
+        pgt[miss] = np.packbits(u[miss] > b[miss, None], axis=1)
+        n_below[miss], n_above[miss] = N - _popcount(pge[miss]), _popcount(pgt[miss])
     n_band = N - n_below - n_above
     ok = (n_below <= k) & (k < N - n_above) & (n_band <= _BAND_MAX)
-    ge[~ok] = False
-    band, rows, pos, vals = _band(ge, gt, u)
-    # 2. the rank-k fast value: one partition with each row's band aligned so rank k sits at column L
+    pband = pge & ~pgt
+    pband[~ok] = 0
+    rows, pos, where = _set_bits(pband)
+    vals = u[rows, pos]
+    # 2. the rank-k fast value: one partition, each row's band shifted so that rank k sits at column L
     rk = np.where(ok, k - n_below, 0)
     L = int(rk.max())
-    padded, _ = _pad_rows(rows, vals, B, np.float32(np.inf), lead=L - rk)
-    padded[np.arange(padded.shape[1])[None, :] < (L - rk)[:, None]] = -np.inf
-    if padded.shape[1] <= L:
-        padded = np.concatenate([padded, np.full((B, L + 1 - padded.shape[1]), np.inf, np.float32)], 1)
+    padded = _pad_rows(rows, vals, B, np.float32(np.inf), lead=L - rk)
+    W = max(padded.shape[1], L + 1)
+    if W > padded.shape[1]:
+        padded = np.concatenate([padded, np.full((B, W - padded.shape[1]), np.inf, np.float32)], 1)
+    padded[np.arange(W)[None, :] < (L - rk)[:, None]] = -np.inf
     padded.partition(L, axis=1)
     thr = padded[:, L].astype(np.float64)
     below = np.maximum(padded[:, :L].max(1) if L else -np.inf, a).astype(np.float64)
-    above = np.minimum(padded[:, L + 1:].min(1) if padded.shape[1] > L + 1 else np.inf, b).astype(np.float64)
+    above = np.minimum(padded[:, L + 1:].min(1) if W > L + 1 else np.inf, b).astype(np.float64)
     beta = 2 * eps + merge
     clean = ok & (thr - below > beta) & (above - thr > beta)
     flag = np.flatnonzero(ok & ~clean)
-    t_row = thr.astype(np.float32)[rows]
-    on = vals > t_row if p.strict else vals >= t_row  # right for clean rows: rank k is alone
+    t_row = padded[:, L][rows]
+    on = vals > t_row if p.strict else vals >= t_row  # right where rank k is alone within beta
     exact_rows = list(np.flatnonzero(~ok))
     n_near = 0
     if len(flag):
-        # 3. near-tie cluster of the flagged rows: linked by fast gaps ≤ beta, around rank k
+        # 3. flagged maps: the cluster of fast values chained by gaps ≤ beta around rank k
         sv = np.sort(padded[flag], axis=1)
-        W = sv.shape[1]
         with np.errstate(invalid="ignore"):
-            big = ~(np.diff(sv, axis=1) <= beta[flag, None])  # inf/nan gaps at the pads count as big
+            big = ~(np.diff(sv, axis=1) <= beta[flag, None])  # the ±inf pads count as big gaps
         j = np.arange(W - 1)[None, :]
         s = np.where(big & (j < L), j, -1).max(1) + 1
         e = np.where(big & (j >= L), j, W - 1).min(1)
         fr = np.arange(len(flag))
-        first, last = L - rk[flag], L - rk[flag] + n_band[flag] - 1
         lo_c, hi_c = sv[fr, s], sv[fr, e]
+        first, last = L - rk[flag], L - rk[flag] + n_band[flag] - 1
         bad = ((e - s + 1) > _CLUSTER_MAX) \
-            | ((s == first) & (lo_c.astype(np.float64) - a[flag] <= beta[flag])) \
+            | ((s == first) & (lo_c - a[flag].astype(np.float64) <= beta[flag])) \
             | ((e == last) & (b[flag].astype(np.float64) - hi_c <= beta[flag]))
         exact_rows += list(flag[bad])
-        n_near = int((~bad).sum())
-        keep = np.full(B, -1)
-        keep[flag[~bad]] = np.arange(int((~bad).sum()))
+        good = flag[~bad]
+        n_near = len(good)
         s, lo_c, hi_c = s[~bad], lo_c[~bad], hi_c[~bad]
-        fidx = keep[rows]
-        inf_ = fidx >= 0
-        on[inf_] = vals[inf_] > hi_c[fidx[inf_]]  # above the cluster: on; below: off
-        incl = inf_ & (vals >= lo_c[np.maximum(fidx, 0)]) & (vals <= hi_c[np.maximum(fidx, 0)])
-        if incl.any():
-            cr, cp = fidx[incl], pos[incl]
-            good = flag[~bad]
-            v = _exact_values(m, good[cr], cp, op)
-            want = (L - s)  # rank of the threshold inside each cluster
-            # 4a. exact values further apart than `merge` keep order and stay distinct after normalising
-            sv_ex, _ = _pad_rows(cr, v, len(good), np.float32(np.inf))
+        gi = np.full(B, -1)
+        gi[good] = np.arange(len(good))
+        fidx = gi[rows]
+        sel = np.flatnonzero(fidx >= 0)
+        fi = fidx[sel]
+        on[sel] = vals[sel] > hi_c[fi]  # above the cluster: on; below: off
+        incl = sel[(vals[sel] >= lo_c[fi]) & (vals[sel] <= hi_c[fi])]
+        if len(incl):
+            # 4. exact values of the cluster; the threshold is its (L − s)-th smallest
+            cr = gi[rows[incl]]
+            v = _exact_values(m, rows[incl], pos[incl], op)
+            want = L - s
+            sv_ex = _pad_rows(cr, v, len(good), np.float32(np.inf))
             sv_ex.sort(axis=1)
-            with np.errstate(invalid="ignore"):
-                g = np.diff(sv_ex, axis=1).astype(np.float64)
             n_cl = np.bincount(cr, minlength=len(good))
-            inside = np.arange(sv_ex.shape[1] - 1)[None, :] < (n_cl - 1)[:, None]
-            distinct = ~(inside & ~(g > merge[good, None])).any(1)
-            pv = v.copy()
-            tv = sv_ex[np.arange(len(good)), want]
-            # 4b. otherwise normalise exactly (exact min/max of the map) and compare normalised values
-            mr = np.flatnonzero(~distinct)
-            if len(mr):
+            with np.errstate(invalid="ignore"):
+                close = np.diff(sv_ex, axis=1).astype(np.float64) <= merge[good, None]
+            close &= np.arange(sv_ex.shape[1] - 1)[None, :] < (n_cl - 1)[:, None]
+            merged = close.any(1)  # two exact values close enough that normalising may tie them
+            pv, tv = v.copy(), sv_ex[np.arange(len(good)), want]
+            mr = np.flatnonzero(merged)
+            if len(mr):  # normalise exactly, with the maps' exact min and max
                 lo, hi = _exact_min_max(u, m, good[mr], eps, op)
-                sel = ~distinct[cr]
-                rmap = np.full(len(good), -1)
-                rmap[mr] = np.arange(len(mr))
-                pv[sel] = _exact_norm(p, v[sel], lo[rmap[cr[sel]]], hi[rmap[cr[sel]]], tau)
-                sp, _ = _pad_rows(cr[sel], pv[sel], len(good), np.float32(np.inf))
+                rm = np.full(len(good), -1)
+                rm[mr] = np.arange(len(mr))
+                ms_ = merged[cr]
+                pv[ms_] = _exact_norm(p, v[ms_], lo[rm[cr[ms_]]], hi[rm[cr[ms_]]], tau)
+                sp = _pad_rows(cr[ms_], pv[ms_], len(good), np.float32(np.inf))
                 sp.sort(axis=1)
                 tv[mr] = sp[mr, want[mr]]
             oc = pv > tv[cr] if p.strict else pv >= tv[cr]
             if p.lvs_binarize:
-                oc |= ~distinct[cr] & (pv >= 1)
-            on[np.flatnonzero(incl)] = oc
-    band[rows[~on], pos[~on]] = False
-    np.logical_or(gt, band, out=gt)
-    return gt, exact_rows, n_near
+                oc |= merged[cr] & (pv >= 1)
+            on[incl] = oc
+    _or_bits(pgt, where, on)
+    return pgt, exact_rows, n_near
 
 
-def _fast_fixed_chunk(u, m, p: Protocol, op: _FastOp, eps):
-    """Fixed-threshold protocols with no normalisation (ACL-SSL: upsampled map ≥ 0.5)."""
+def _fixed_chunk(u, m, p: Protocol, op: _FastOp, eps, ge, gt):
+    """Fixed-threshold protocols without normalisation (ACL-SSL: upsampled map ≥ 0.5)."""
     t = np.float32(p.threshold)
-    ge = u >= _f32_down(float(t) - eps)[:, None]
-    gt = u > _f32_up(float(t) + eps)[:, None]
-    band, rows, pos, _ = _band(ge, gt, u)
+    np.greater_equal(u, _f32_down(float(t) - eps)[:, None], out=ge)
+    np.greater(u, _f32_up(float(t) + eps)[:, None], out=gt)
+    pgt = np.packbits(gt, axis=1)
+    rows, pos, where = _set_bits(np.packbits(ge, axis=1) & ~pgt)
     if len(rows):
         v = _exact_values(m, rows, pos, op)
-        on = v > t if p.strict else v >= t
-        band[rows[~on], pos[~on]] = False
-        np.logical_or(gt, band, out=gt)
-    return gt, [], len(np.unique(rows))
+        _or_bits(pgt, where, v > t if p.strict else v >= t)
+    return pgt, [], len(np.unique(rows))
 
 
 def binarize_packed(maps, protocol: Protocol | str, tau: float | None = None, chunk: int = 16,
                     stats: dict | None = None) -> np.ndarray:
-    """The protocol's binary prediction, bit-packed (np.packbits, row-major pixels): uint8 [B, ⌈S²/8⌉].
+    """The protocol's binary prediction for native maps [B, h, w], bit-packed (np.packbits order,
+    row-major pixels): uint8 [B, ⌈S²/8⌉].
 
-    Equal, bit for bit, to ``np.packbits(binarize(prepare(maps, protocol, tau), protocol))`` (see the
-    comment above ``_U32`` for the argument); 10–40× faster. ``stats`` (a dict) counts maps settled
-    from fast values alone (``clean``), through exact pixel values (``near_tie``) and whole on the
-    exact path (``exact``).
+    Bit for bit ``np.packbits(binarize(prepare(maps, protocol, tau), protocol))`` (the argument is in
+    the comment above ``_U32``), an order of magnitude faster. ``stats`` (a dict) counts the maps
+    settled from fast values alone (``clean``), through exact values of near-tied pixels
+    (``near_tie``) and on the exact path (``exact``). Fixed thresholds after a normalisation (no
+    protocol of PROTOCOLS) and non-finite maps go the exact path.
     """
     p = get_protocol(protocol)
-    m = (maps.detach().cpu().float().numpy() if torch.is_tensor(maps)
-         else np.asarray(maps, np.float32))
-    m = np.ascontiguousarray(m)
+    m = np.ascontiguousarray(maps.detach().cpu().float().numpy() if torch.is_tensor(maps)
+                             else np.asarray(maps, np.float32))
     B, h, w = m.shape
     S = p.size
     N = S * S
-    out = np.zeros((B, (N + 7) // 8), np.uint8)
     st = stats if stats is not None else {}
     for key in ("maps", "clean", "near_tie", "exact"):
         st.setdefault(key, 0)
     st["maps"] += B
     fixed = p.threshold is not None
-    if B == 0:
-        return out
-    if (fixed and (p.normalise != "none" or p.score_first)) or N < 64 or not np.isfinite(m).all():
-        out[:] = np.packbits(as_rows(binarize(prepare(torch.from_numpy(m), p, tau), p)), axis=1)
+    if B == 0 or (fixed and (p.normalise != "none" or p.score_first)) or N < 64 \
+            or not np.isfinite(m).all():
         st["exact"] += B
-        return out
+        return np.packbits(as_rows(binarize(prepare(torch.from_numpy(m), p, tau), p)), axis=1)
     op = _fast_op(p.upsample, h, w, S)
+    out = np.empty((B, (N + 7) // 8), np.uint8)
     c = max(1, min(chunk, B))
-    ubuf = np.empty((c, N), np.float32)
+    ubuf, ge, gt = np.empty((c, N), np.float32), np.empty((c, N), bool), np.empty((c, N), bool)
     sbuf = torch.empty(c, S, w)
     for s0 in range(0, B, c):
         mc = m[s0:s0 + c]
@@ -575,15 +589,14 @@ def binarize_packed(maps, protocol: Protocol | str, tau: float | None = None, ch
         amax = np.abs(mc.reshape(n, -1)).max(1).astype(np.float64)
         eps = op.err * amax + 1e-30
         if fixed:
-            on, exact_rows, n_near = _fast_fixed_chunk(u, mc, p, op, eps)
+            on, exact_rows, n_near = _fixed_chunk(u, mc, p, op, eps, ge[:n], gt[:n])
         else:
-            on, exact_rows, n_near = _fast_median_chunk(u, mc, p, tau, op, eps,
-                                                        _merge_width(p, amax, op.gain, tau))
-        out[s0:s0 + n] = np.packbits(on, axis=1)
+            on, exact_rows, n_near = _median_chunk(u, mc, p, tau, op, eps,
+                                                   _merge_width(p, amax, op.gain, tau), ge[:n], gt[:n])
+        out[s0:s0 + n] = on
         if exact_rows:
             r = np.asarray(exact_rows)
-            ex = binarize(prepare(torch.from_numpy(mc[r]), p, tau), p)
-            out[s0 + r] = np.packbits(as_rows(ex), axis=1)
+            out[s0 + r] = np.packbits(as_rows(binarize(prepare(torch.from_numpy(mc[r]), p, tau), p)), axis=1)
         st["exact"] += len(exact_rows)
         st["near_tie"] += n_near
         st["clean"] += n - n_near - len(exact_rows)

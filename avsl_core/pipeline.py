@@ -34,6 +34,7 @@ class Step:
 STEPS: tuple[Step, ...] = (
     Step("00_prepare_data"),
     Step("15_mine_positives", deps=("00_prepare_data",)),
+    Step("20_train", deps=("00_prepare_data", "15_mine_positives")),
 )
 
 

@@ -137,7 +137,11 @@ def scenes(tmp_path_factory):
 
 def test_smoke_epochs_on_rendered_scenes(scenes, tmp_path):
     """End to end on generated data: fake assets -> composer -> fast views -> trainer; the loss falls."""
-    cfg = tiny_cfg(epochs=3, lr=2e-3, curriculum_steps=2,
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "img_nn.npy", rng.integers(0, 64, (64, 5)).astype(np.int32))
+    np.save(tmp_path / "aud_nn.npy", rng.integers(0, 64, (64, 5)).astype(np.int32))
+    cfg = tiny_cfg(epochs=3, lr=2e-3, curriculum_steps=2, loss={"semantic": True, "pooling": "topk"},
+                   neighbours=str(tmp_path / "img_nn.npy"), audio_neighbours=str(tmp_path / "aud_nn.npy"),
                    data={"kind": "scenes", "train_dir": str(scenes / "train"), "image_size": 32,
                          "curriculum_dir": str(scenes / "single_train")})
     s = T.train(cfg, tmp_path / "run", progress=False)
@@ -185,3 +189,15 @@ def test_batch_simclr_parameters_do_what_they_say():
     same = x[:1].expand(8, 3, 16, 16)
     y = batch_simclr(same)                                   # independent parameters per image
     assert y.min() >= 0 and y.max() <= 1 and (y[0] - y[1:]).abs().amax((1, 2, 3)).min() > 1e-3
+
+
+def test_ours_uses_nine_pairs_with_conc_views_and_four_without():
+    cfg = tiny_cfg(loss={"semantic": True}, neighbours="unused.npy")
+    model = AVModel(cfg.model_config)
+    method = T.METHODS["ours"](cfg, model)
+    batch = torch.utils.data.default_collate([T.SyntheticAV(8, 32)[i] for i in range(8)])
+    full = method.loss(model, batch)
+    assert sum(k.startswith("L/") for k in full) == 9 and sum(k.startswith("A/") for k in full) == 9
+    no_conc = {k: v for k, v in batch.items() if not k.endswith("_conc")}     # a curriculum batch
+    part = method.loss(model, no_conc)
+    assert sorted(k for k in part if k.startswith("L/")) == ["L/v,a", "L/v,a_aug", "L/v_aug,a", "L/v_aug,a_aug"]
