@@ -12,7 +12,8 @@ localization model. Their weights cannot be downloaded here, so this module offe
   file pasted on two independent backgrounds, then SimCLR views of each (a copy-paste view: the file
   identity plays SimCLR's instance role; no category is used); ``ssl_views="same_image"`` is plain
   SimCLR (two views of one composite), which on these composites learns mostly the background
-  (precision@k of same-category neighbours 1.3x random against 2.2x, notebook 15).
+  (same-category precision@14 of image neighbours on a 2000-scene training set: 1.35x random
+  against 2.3x for "same_object"; the supervised analogue 3.5x; audio analogues ~25x).
 * ``load_external``: an N x D array a user computed elsewhere (CLIP, Wav2CLIP, ImageNet, ...) aligned
   with a manifest's ids; checked for length, ids, NaN and all-zero rows.
 * ``ImageNetResNet18``: torchvision's ResNet18 when its ImageNet weights are given as a local file

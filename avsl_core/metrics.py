@@ -292,8 +292,8 @@ def adaptive_ciou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 # the exact path whole.
 _U32 = 2.0 ** -24       # float32 unit roundoff
 _SUB_STRIDE = 29        # median bracket from every 29th pixel (1731 of 50176)
-_SUB_NARROW = 12        # bracket half-width in sub-sample ranks (~2 sd of the rank error)...
-_SUB_WIDE = 60          # ...and for the maps it misses (~10 sd)
+_SUB_NARROW = 10        # bracket half-width in sub-sample ranks (~1.7 sd of the rank error)...
+_SUB_WIDE = 30          # ...and for the maps it misses (~5 sd)
 _BAND_MAX = 16384       # pixels inside the bracket, at most
 _CLUSTER_MAX = 4096     # near-tie cluster size, at most
 
@@ -357,56 +357,71 @@ def _exact_values(m: np.ndarray, rows: np.ndarray, pos: np.ndarray, op: _FastOp)
     """Exact upsampled values (float64 sums rounded once to float32) at flat pixel positions ``pos``
     of maps ``rows``: what :func:`upsample` gives there. [n] float32."""
     S = op.uh.shape[0]
+    if len(pos) > 4 * S:  # many pixels: whole rows of the map in float64, then pick
+        ur, inv = np.unique(rows * S + pos // S, return_inverse=True)
+        full = np.einsum("nh,nhw->nw", op.uh[ur % S], m[ur // S].astype(np.float64)) @ op.uw.T
+        return full[inv, pos % S].astype(np.float32)
     t = np.einsum("nh,nhw->nw", op.uh[pos // S], m[rows].astype(np.float64))
     return (t * op.uw[pos % S]).sum(1).astype(np.float32)
 
 
+_BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(bool)  # [256, 8]
+_BYTE_COUNT = _BYTE_BITS.sum(1)
+_BYTE_POS = np.argsort(~_BYTE_BITS, axis=1, kind="stable").astype(np.int64).reshape(-1)  # set bits first
+
+
 def _set_bits(pb: np.ndarray):
-    """The set bits of packed rows pb [B, nb] (np.packbits order), row-major: rows, flat positions,
-    and (byte indices into pb.ravel(), the [n_bytes, 8] unpacked bytes, each bit's index into them)
-    for writing bits back with :func:`_or_bits`."""
+    """The set bits of packed rows pb [B, nb] (np.packbits order), row-major: rows, flat positions in
+    the row, and the bytes holding them (for :func:`_or_bits`). Flat 1-D indexing throughout (numpy's
+    2-D fancy indexing is several times slower)."""
     nb = pb.shape[1]
     flat = pb.reshape(-1)
     byt = np.flatnonzero(flat != 0)
-    bits = np.unpackbits(flat[byt][:, None], axis=1)
-    f = np.flatnonzero(bits.view(bool))
-    g = byt[f >> 3]
-    return g // nb, (g % nb) * 8 + (f & 7), (byt, bits.shape, f)
+    val = flat[byt].astype(np.int64)
+    cnt = _BYTE_COUNT[val]
+    first = np.cumsum(cnt) - cnt
+    rep = np.repeat(np.arange(len(byt)), cnt)
+    bit = _BYTE_POS[(val * 8)[rep] + np.arange(len(rep)) - first[rep]]
+    g = byt[rep] * 8 + bit  # bit index over all rows
+    return g // (nb * 8), g % (nb * 8), (byt, first, bit)
 
 
 def _or_bits(pb: np.ndarray, where, on: np.ndarray) -> None:
-    """Set, in packed rows pb, the bits listed by ``where`` (from :func:`_set_bits`) whose ``on``."""
-    byt, shape, f = where
-    ob = np.zeros(shape, bool)
-    ob.reshape(-1)[f[on]] = True
-    pb.reshape(-1)[byt] |= np.packbits(ob, axis=1)[:, 0]
+    """Set, in packed rows pb, the bits listed by ``where`` (from :func:`_set_bits`) that are ``on``."""
+    byt, first, bit = where
+    if len(byt):
+        v = np.add.reduceat(np.where(on, 128 >> bit, 0), first)  # distinct bits: sum == or
+        flat = pb.reshape(-1)
+        flat[byt] |= v.astype(np.uint8)
 
 
 def _popcount(pb: np.ndarray) -> np.ndarray:
+    if pb.shape[1] % 8 == 0:
+        pb = pb.view(np.uint64)
     return np.bitwise_count(pb).sum(1, dtype=np.int64)
 
 
-def _pad_rows(rows: np.ndarray, vals: np.ndarray, n_rows: int, fill, lead=None):
-    """Values grouped by row (rows sorted) → [n_rows, width], ``fill`` around them; row i's values
-    start at column ``lead[i]`` (default 0)."""
+def _pad_rows(rows: np.ndarray, vals: np.ndarray, n_rows: int, fill) -> np.ndarray:
+    """Values grouped by row (rows sorted) → [n_rows, width] left-aligned, ``fill`` after them."""
     counts = np.bincount(rows, minlength=n_rows)
     starts = np.cumsum(counts) - counts
-    lead = np.zeros(n_rows, np.int64) if lead is None else lead
-    col = lead[rows] + np.arange(len(rows)) - starts[rows]
-    out = np.full((n_rows, int(max((lead + counts).max(), 1))), fill, vals.dtype)
-    out[rows, col] = vals
+    width = int(max(counts.max(), 1)) if n_rows else 1
+    out = np.full((n_rows, width), fill, vals.dtype)
+    out.reshape(-1)[rows * width + np.arange(len(rows)) - starts[rows]] = vals
     return out
 
 
 def _merge_width(p: Protocol, amax: np.ndarray, gain: float, tau: float | None) -> np.ndarray:
-    """Widest gap (upsampled units) that the float32 normalisation can close between two exact values:
-    min-max rounds x − lo at the range r ≤ 2·gain·max|M| and divides (≤ 3u·r), ``1 − ·`` rounds at
-    2^-24 (≤ 6u·r); SLAVC's (x + 1/τ)/(2/τ) first rounds at |x| + 1/τ (≤ 6u(|x| + 1/τ)). Rounded up:
-    8u·r (+ 8u(gain·max|M| + 1/τ))."""
+    """Widest gap (upsampled units) that the float32 normalisation can close between two exact values
+    x < y, r the map's range (≤ 2·gain·max|M|). Min-max: fl(x − lo), fl(y − lo) stay apart if
+    y − x > ulp(r) (≤ 2u·r), and their quotients by r if they differ by > 2^-23·r: y − x > 4u·r
+    suffices. ``1 − minmax(−h)`` also rounds 1 − q at 2^-24: 6u·r. SLAVC first rounds x + 1/τ:
+    + 6u(|x| + 1/τ). Taken with a 1/3 margin: 8u·r, 12u·r (+ 8u(gain·max|M| + 1/τ))."""
     if p.normalise == "none" and not p.score_first:
         return np.zeros_like(amax)
+    c = 12.0 if p.normalise == "one_minus_minmax_neg" else 8.0
     extra = 8.0 * _U32 * (gain * amax + (1.0 if tau is None else 1.0 / tau)) if p.score_first else 0.0
-    return 16.0 * _U32 * gain * amax + extra
+    return c * _U32 * 2.0 * gain * amax + extra
 
 
 def _exact_norm(p: Protocol, v: np.ndarray, lo: np.ndarray, hi: np.ndarray, tau) -> np.ndarray:
@@ -422,14 +437,17 @@ def _exact_norm(p: Protocol, v: np.ndarray, lo: np.ndarray, hi: np.ndarray, tau)
 def _exact_min_max(u: np.ndarray, m: np.ndarray, rows: np.ndarray, eps: np.ndarray, op: _FastOp):
     """Exact min and max of upsampled maps ``rows``: the extremes over pixels within 2·eps of the fast
     ones. Returns two float32 [len(rows)]."""
-    lo, hi = np.empty(len(rows), np.float32), np.empty(len(rows), np.float32)
-    for i, r in enumerate(rows):
-        ur = u[r:r + 1]
-        for out, cand, red in ((lo, ur <= _f32_up(float(ur.min()) + 2 * eps[r]), np.min),
-                               (hi, ur >= _f32_down(float(ur.max()) - 2 * eps[r]), np.max)):
-            _, pos, _ = _set_bits(np.packbits(cand, axis=1))
-            out[i] = red(_exact_values(m, np.full(len(pos), r), pos, op))
-    return lo, hi
+    uu = u[rows]
+    n = len(rows)
+    lo_t = _f32_up(uu.min(1).astype(np.float64) + 2 * eps[rows])
+    hi_t = _f32_down(uu.max(1).astype(np.float64) - 2 * eps[rows])
+    out = []
+    for cand, red, init in ((uu <= lo_t[:, None], np.minimum, np.inf), (uu >= hi_t[:, None], np.maximum, -np.inf)):
+        r, pos, _ = _set_bits(np.packbits(cand, axis=1))
+        ext = np.full(n, init, np.float32)
+        red.at(ext, r, _exact_values(m, rows[r], pos, op))
+        out.append(ext)
+    return out[0], out[1]
 
 
 def _median_chunk(u, m, p: Protocol, tau, op: _FastOp, eps, merge, ge, gt):
@@ -441,63 +459,64 @@ def _median_chunk(u, m, p: Protocol, tau, op: _FastOp, eps, merge, ge, gt):
     sub = u[:, ::_SUB_STRIDE].copy()
     ms = sub.shape[1]
     q = int((k + 0.5) * ms / N)
-    kn = (max(q - _SUB_NARROW, 0), min(q + _SUB_NARROW, ms - 1))
-    kw = (max(q - _SUB_WIDE, 0), min(q + _SUB_WIDE, ms - 1))
-    sub.partition(sorted(set(kn + kw)), axis=1)
-    a, b = sub[:, kn[0]].copy(), sub[:, kn[1]].copy()
+    kth = [max(q - _SUB_WIDE, 0), max(q - _SUB_NARROW, 0), min(q + _SUB_NARROW, ms - 1), min(q + _SUB_WIDE, ms - 1)]
+    sub.partition(kth[0], axis=1)  # single-kth partitions: numpy's multi-kth one is ~5× slower
+    for k0, k1 in zip(kth, kth[1:]):
+        if k1 > k0:
+            sub[:, k0:].partition(k1 - k0, axis=1)
+    a, b = sub[:, kth[1]].copy(), sub[:, kth[2]].copy()
     np.greater_equal(u, a[:, None], out=ge)
     np.greater(u, b[:, None], out=gt)
     pge, pgt = np.packbits(ge, axis=1), np.packbits(gt, axis=1)
     n_below, n_above = N - _popcount(pge), _popcount(pgt)
     miss = np.flatnonzero((n_below > k) | (k >= N - n_above))
-    if len(miss):  # widen the bracket for these maps
-        a[miss], b[miss] = sub[miss, kw[0]], sub[miss, kw[1]]
-        pge[miss] = np.packbits(u[miss] >= a[miss, None], axis=1)
-        pgt[miss] = np.packbits(u[miss] > b[miss, None], axis=1)
-        n_below[miss], n_above[miss] = N - _popcount(pge[miss]), _popcount(pgt[miss])
+    for r in miss:  # widen the bracket for these maps
+        a[r], b[r] = sub[r, kth[0]], sub[r, kth[3]]
+        pge[r], pgt[r] = np.packbits(u[r] >= a[r]), np.packbits(u[r] > b[r])
+        n_below[r], n_above[r] = N - int(np.bitwise_count(pge[r]).sum()), int(np.bitwise_count(pgt[r]).sum())
     n_band = N - n_below - n_above
     ok = (n_below <= k) & (k < N - n_above) & (n_band <= _BAND_MAX)
     pband = pge & ~pgt
     pband[~ok] = 0
     rows, pos, where = _set_bits(pband)
-    vals = u[rows, pos]
-    # 2. the rank-k fast value: one partition, each row's band shifted so that rank k sits at column L
+    vals = u.reshape(-1)[rows * N + pos]
+    # 2. each map's band sorted: rank k is at column rk; its neighbours decide whether it is alone
     rk = np.where(ok, k - n_below, 0)
-    L = int(rk.max())
-    padded = _pad_rows(rows, vals, B, np.float32(np.inf), lead=L - rk)
-    W = max(padded.shape[1], L + 1)
-    if W > padded.shape[1]:
-        padded = np.concatenate([padded, np.full((B, W - padded.shape[1]), np.inf, np.float32)], 1)
-    padded[np.arange(W)[None, :] < (L - rk)[:, None]] = -np.inf
-    padded.partition(L, axis=1)
-    thr = padded[:, L].astype(np.float64)
-    below = np.maximum(padded[:, :L].max(1) if L else -np.inf, a).astype(np.float64)
-    above = np.minimum(padded[:, L + 1:].min(1) if W > L + 1 else np.inf, b).astype(np.float64)
+    sv = _pad_rows(rows, vals, B, np.float32(np.inf))
+    sv.sort(axis=1)
+    W = sv.shape[1]
+    ar = np.arange(B)
+    thr = sv[ar, rk]
+    prev = np.where(rk > 0, sv[ar, np.maximum(rk - 1, 0)], -np.inf)
+    nxt = np.where(rk + 1 < n_band, sv[ar, np.minimum(rk + 1, W - 1)], np.inf)
+    thr64 = thr.astype(np.float64)
+    below = np.maximum(prev, a).astype(np.float64)  # no band value below: the bracket bounds the gap
+    above = np.minimum(nxt, b).astype(np.float64)
     beta = 2 * eps + merge
-    clean = ok & (thr - below > beta) & (above - thr > beta)
+    clean = ok & (thr64 - below > beta) & (above - thr64 > beta)
     flag = np.flatnonzero(ok & ~clean)
-    t_row = padded[:, L][rows]
+    t_row = thr[rows]
     on = vals > t_row if p.strict else vals >= t_row  # right where rank k is alone within beta
     exact_rows = list(np.flatnonzero(~ok))
     n_near = 0
     if len(flag):
-        # 3. flagged maps: the cluster of fast values chained by gaps ≤ beta around rank k
-        sv = np.sort(padded[flag], axis=1)
+        # 3. flagged maps: the cluster of band values chained by gaps ≤ beta around rank k
+        fv = sv[flag]
         with np.errstate(invalid="ignore"):
-            big = ~(np.diff(sv, axis=1) <= beta[flag, None])  # the ±inf pads count as big gaps
+            big = ~(np.diff(fv, axis=1) <= beta[flag, None])  # the +inf pad counts as a big gap
         j = np.arange(W - 1)[None, :]
-        s = np.where(big & (j < L), j, -1).max(1) + 1
-        e = np.where(big & (j >= L), j, W - 1).min(1)
+        rkf = rk[flag][:, None]
+        s = np.where(big & (j < rkf), j, -1).max(1) + 1
+        e = np.where(big & (j >= rkf), j, W - 1).min(1)
         fr = np.arange(len(flag))
-        lo_c, hi_c = sv[fr, s], sv[fr, e]
-        first, last = L - rk[flag], L - rk[flag] + n_band[flag] - 1
+        lo_c, hi_c = fv[fr, s].astype(np.float64), fv[fr, e].astype(np.float64)
         bad = ((e - s + 1) > _CLUSTER_MAX) \
-            | ((s == first) & (lo_c - a[flag].astype(np.float64) <= beta[flag])) \
-            | ((e == last) & (b[flag].astype(np.float64) - hi_c <= beta[flag]))
+            | ((s == 0) & (lo_c - a[flag] <= beta[flag])) \
+            | ((e == n_band[flag] - 1) & (b[flag] - hi_c <= beta[flag]))
         exact_rows += list(flag[bad])
         good = flag[~bad]
         n_near = len(good)
-        s, lo_c, hi_c = s[~bad], lo_c[~bad], hi_c[~bad]
+        s, lo_c, hi_c = s[~bad], lo_c[~bad].astype(np.float32), hi_c[~bad].astype(np.float32)
         gi = np.full(B, -1)
         gi[good] = np.arange(len(good))
         fidx = gi[rows]
@@ -506,18 +525,20 @@ def _median_chunk(u, m, p: Protocol, tau, op: _FastOp, eps, merge, ge, gt):
         on[sel] = vals[sel] > hi_c[fi]  # above the cluster: on; below: off
         incl = sel[(vals[sel] >= lo_c[fi]) & (vals[sel] <= hi_c[fi])]
         if len(incl):
-            # 4. exact values of the cluster; the threshold is its (L − s)-th smallest
+            # 4. exact values of the cluster; the threshold is its (rk − s)-th smallest
             cr = gi[rows[incl]]
             v = _exact_values(m, rows[incl], pos[incl], op)
-            want = L - s
+            want = rk[good] - s
             sv_ex = _pad_rows(cr, v, len(good), np.float32(np.inf))
             sv_ex.sort(axis=1)
-            n_cl = np.bincount(cr, minlength=len(good))
+            gr = np.arange(len(good))
+            tv = sv_ex[gr, want]
+            # exact neighbours of the threshold closer than `merge` may tie with it once normalised
+            nb_lo = np.where(want > 0, sv_ex[gr, np.maximum(want - 1, 0)], -np.inf).astype(np.float64)
+            nb_hi = sv_ex[gr, np.minimum(want + 1, sv_ex.shape[1] - 1)].astype(np.float64)
             with np.errstate(invalid="ignore"):
-                close = np.diff(sv_ex, axis=1).astype(np.float64) <= merge[good, None]
-            close &= np.arange(sv_ex.shape[1] - 1)[None, :] < (n_cl - 1)[:, None]
-            merged = close.any(1)  # two exact values close enough that normalising may tie them
-            pv, tv = v.copy(), sv_ex[np.arange(len(good)), want]
+                merged = ~((tv - nb_lo > merge[good]) & (nb_hi - tv > merge[good]))
+            pv = v.copy()
             mr = np.flatnonzero(merged)
             if len(mr):  # normalise exactly, with the maps' exact min and max
                 lo, hi = _exact_min_max(u, m, good[mr], eps, op)
@@ -549,7 +570,7 @@ def _fixed_chunk(u, m, p: Protocol, op: _FastOp, eps, ge, gt):
     return pgt, [], len(np.unique(rows))
 
 
-def binarize_packed(maps, protocol: Protocol | str, tau: float | None = None, chunk: int = 16,
+def binarize_packed(maps, protocol: Protocol | str, tau: float | None = None, chunk: int = 32,
                     stats: dict | None = None) -> np.ndarray:
     """The protocol's binary prediction for native maps [B, h, w], bit-packed (np.packbits order,
     row-major pixels): uint8 [B, ⌈S²/8⌉].
@@ -578,14 +599,14 @@ def binarize_packed(maps, protocol: Protocol | str, tau: float | None = None, ch
     op = _fast_op(p.upsample, h, w, S)
     out = np.empty((B, (N + 7) // 8), np.uint8)
     c = max(1, min(chunk, B))
-    ubuf, ge, gt = np.empty((c, N), np.float32), np.empty((c, N), bool), np.empty((c, N), bool)
-    sbuf = torch.empty(c, S, w)
+    ut, sbuf = torch.empty(c, N), torch.empty(c, S, w)  # torch's 64-byte alignment: MKL is ~2× faster
+    ubuf, ge, gt = ut.numpy(), np.empty((c, N), bool), np.empty((c, N), bool)
     for s0 in range(0, B, c):
         mc = m[s0:s0 + c]
         n = len(mc)
         u = ubuf[:n]
         torch.matmul(op.uh32, torch.from_numpy(mc), out=sbuf[:n])
-        torch.mm(sbuf[:n].view(n * S, w), op.uwt32, out=torch.from_numpy(u).view(n * S, S))
+        torch.mm(sbuf[:n].view(n * S, w), op.uwt32, out=ut[:n].view(n * S, S))
         amax = np.abs(mc.reshape(n, -1)).max(1).astype(np.float64)
         eps = op.err * amax + 1e-30
         if fixed:

@@ -35,6 +35,7 @@ STEPS: tuple[Step, ...] = (
     Step("00_prepare_data"),
     Step("15_mine_positives", deps=("00_prepare_data",)),
     Step("20_train", deps=("00_prepare_data", "15_mine_positives")),
+    Step("30_evaluate", deps=("20_train",)),
 )
 
 
