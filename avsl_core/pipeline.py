@@ -36,6 +36,8 @@ STEPS: tuple[Step, ...] = (
     Step("15_mine_positives", deps=("00_prepare_data",)),
     Step("20_train", deps=("00_prepare_data", "15_mine_positives")),
     Step("30_evaluate", deps=("20_train",)),
+    Step("40_table1_main", deps=("30_evaluate",)),
+    Step("90_appendix_reproducibility", deps=("40_table1_main",)),
 )
 
 
