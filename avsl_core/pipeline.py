@@ -81,6 +81,12 @@ def run(profile_name: str, *, only: list[str] | None = None, force: bool = False
     code = code_hash(root)
     keys: dict[str, str] = {}
     records = []
+    timings = out_dir / "timings.json"
+    history = json.loads(timings.read_text()) if timings.exists() else []
+    history.append({"profile": profile_name, "time": time.time(), "git_commit": git_commit(), "steps": records})
+
+    def save_timings():   # after every step, so later steps (the appendix) can read it
+        atomic_write_text(timings, json.dumps(history, indent=1))
     for step in STEPS:
         params = params_for(profile, step)
         key = step_key(root, step, params, keys, code)
@@ -93,6 +99,7 @@ def run(profile_name: str, *, only: list[str] | None = None, force: bool = False
             log(f"[pipeline] {step.name}: {'up to date' if fresh else 'not selected'}, skipped")
             records.append({"step": step.name, "skipped": True, "wall_s": 0.0})
         else:
+            save_timings()
             log(f"[pipeline] {step.name}: running with {params}")
             t0 = time.time()
             tmp_nb = out_dir / f".{step.name}.running.ipynb"
@@ -107,10 +114,7 @@ def run(profile_name: str, *, only: list[str] | None = None, force: bool = False
             records.append({"step": step.name, "skipped": False, "wall_s": wall})
         if out_nb.exists():
             shutil.copyfile(out_nb, book_dir / out_nb.name)
-    timings = out_dir / "timings.json"
-    history = json.loads(timings.read_text()) if timings.exists() else []
-    history.append({"profile": profile_name, "time": time.time(), "git_commit": git_commit(), "steps": records})
-    atomic_write_text(timings, json.dumps(history, indent=1))
+        save_timings()
     return records
 
 
