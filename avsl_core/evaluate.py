@@ -3,7 +3,9 @@
 Command line (``python -m avsl_core.evaluate``)::
 
     python -m avsl_core.evaluate --heatmaps maps.npz --manifest test.jsonl --protocol ezvsl \\
-        --out results.json [--embeddings emb.npz] [--objectness obj.npz] [--root DATA_ROOT]
+        --out results.json [--embeddings emb.npz] [--objectness obj.npz] [--root DATA_ROOT] [--floors]
+    python -m avsl_core.evaluate --checkpoint runs/x/last.pt --manifest test.jsonl [--protocol P] \\
+        [--out results.json] [--objectness-checkpoint other.pt] [--floors] [--records records.npz]
 
 ``maps.npz`` holds ``ids`` (strings) and ``maps`` (float [N, h, w], any h, w); ``emb.npz`` holds ``ids``,
 ``audio`` [N, D] and ``image`` [N, D]; ``obj.npz`` (for OGL rows) ``ids`` and ``maps``. The manifest is
@@ -13,8 +15,14 @@ max-F1, LocAcc) when it has negatives, AVSBench pixel metrics when it has masks,
 and object discrimination where groups / object lists exist, retrieval with ``--embeddings``, each with a
 seeded bootstrap interval. All values are fractions in [0, 1].
 
-In Python, :func:`evaluate_maps` does the same on arrays and :func:`evaluate_model` runs any model with
-``localization_map(images, specs) -> [B, h, w]`` and ``embed(images, specs) -> (img [B, D], aud [B, D])``.
+A checkpoint (ours or a baseline, ``baselines.load_method_checkpoint``) is run over the manifest's
+``TestDataset`` at its training image size and audio front-end; the results add the checkpoint's hash,
+method, step, training config and commit. ``--floors`` adds audio-blind floors on the same items (centre
+prior, seeded random maps, and with a checkpoint the model's visual objectness) under ``floors``.
+
+In Python, :func:`evaluate_maps` does the same on arrays, :func:`evaluate_checkpoint` on a checkpoint,
+and :func:`evaluate_model` runs any model with ``localization_map(images, specs) -> [B, h, w]`` and
+``embed(images, specs) -> (img [B, D], aud [B, D])``.
 """
 from __future__ import annotations
 
@@ -462,11 +470,31 @@ def write_results(path, res: dict) -> None:
     atomic_write_text(path, json.dumps(_clean(res), indent=1, sort_keys=True, allow_nan=False) + "\n")
 
 
+def score_floors(items, ids, shape, cfg: EvalConfig, *, root=None, objectness_maps=None) -> dict:
+    """Audio-blind floors on the same items, scored like any maps: a centre prior, seeded random maps
+    (``cfg.seed``) and, when given, a model's visual objectness [N, h, w] (its map with the audio
+    removed). ``shape`` = (h, w) of the native maps. {name: {metrics, intervals, n_scored}}."""
+    n, (h, w) = len(ids), shape
+    floors = {"centre_prior": X.centre_prior_maps(n, h, w).numpy(),
+              "random": X.random_maps(n, h, w, seed=cfg.seed).numpy()}
+    if objectness_maps is not None:
+        floors["visual_objectness"] = np.asarray(objectness_maps, np.float32)
+    out = {}
+    fcfg = dataclasses.replace(cfg, per_item=False)
+    for name, maps in floors.items():
+        r = evaluate_maps(items, ids, maps, fcfg, root=root, sources={"heatmaps": f"floor {name}"})
+        out[name] = {k: r[k] for k in ("metrics", "intervals", "n_scored")}
+    return out
+
+
 @torch.no_grad()
 def evaluate_model(model, loader, items, cfg: EvalConfig = EvalConfig(), *, objectness=None, root=None,
-                   device="cpu", out=None, checkpoint=None):
+                   device="cpu", out=None, checkpoint=None, floors: bool = False):
     """Run ``model`` over ``loader`` (dicts with "image" [B,3,S,S], "spec" [B,1,F,T], "id" list[str])
-    and score it like external maps. ``objectness(images) -> [B, h, w]`` adds OGL rows.
+    and score it like external maps. ``objectness(images) -> [B, h, w]`` adds OGL rows; ``floors``
+    adds :func:`score_floors` under ``results["floors"]`` (with the model's ``visual_objectness`` when
+    it has one). ``checkpoint``: a path, hashed into the results, or a dict from
+    :func:`checkpoint_info` (path, hash, method, training step, config and commit).
 
     Returns (results, records): records hold per item the id, map at native resolution, confidence,
     image/audio embeddings and category.
@@ -474,7 +502,8 @@ def evaluate_model(model, loader, items, cfg: EvalConfig = EvalConfig(), *, obje
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
-    ids, maps, img_e, aud_e, objs = [], [], [], [], []
+    ids, maps, img_e, aud_e, objs, vis = [], [], [], [], [], []
+    own_obj = floors and hasattr(model, "visual_objectness")
     try:
         for batch in loader:
             im, sp = batch["image"].to(device), batch["spec"].to(device)
@@ -486,6 +515,9 @@ def evaluate_model(model, loader, items, cfg: EvalConfig = EvalConfig(), *, obje
             if objectness is not None:
                 o = objectness(im)
                 objs.append((o[:, 0] if o.ndim == 4 else o).float().cpu().numpy())
+            if own_obj:
+                o = model.visual_objectness(im)
+                vis.append((o[:, 0] if o.ndim == 4 else o).float().cpu().numpy())
             ids.extend(str(i) for i in batch["id"])
     finally:
         if was_training and hasattr(model, "train"):
@@ -499,6 +531,9 @@ def evaluate_model(model, loader, items, cfg: EvalConfig = EvalConfig(), *, obje
                             obj_ids=ids if objs else None, obj_maps=np.concatenate(objs) if objs else None,
                             embeddings=(ids, aud_e, img_e), root=root, sources={"heatmaps": "loader"},
                             return_scores=True)
+    if floors:
+        res["floors"] = _clean(score_floors(items, ids, maps.shape[1:], cfg, root=root,
+                                            objectness_maps=np.concatenate(vis) if vis else None))
     by_id = {it.id: it for it in items}
     conf = dict(zip(sc["ids"], sc["confidence"]))
     records = {"ids": ids, "maps": maps, "image_emb": img_e, "audio_emb": aud_e,
@@ -506,18 +541,125 @@ def evaluate_model(model, loader, items, cfg: EvalConfig = EvalConfig(), *, obje
                "confidence": np.array([conf.get(i, np.nan) for i in ids])}
     res = _provenance(res, {})
     if checkpoint is not None:
-        from avsl_core.provenance import file_sha256
-        res["checkpoint"] = {"path": str(checkpoint), "sha256": file_sha256(checkpoint)}
+        if isinstance(checkpoint, dict):
+            res["checkpoint"] = checkpoint
+        else:
+            try:
+                res["checkpoint"] = checkpoint_info(checkpoint)
+            except DataError:  # not a trainer checkpoint: its hash only
+                res["checkpoint"] = {"path": str(checkpoint), "sha256": _sha(checkpoint)}
     if out is not None:
         write_results(out, res)
     return res, records
 
 
+# ----------------------------------------------------------------------------- checkpoints
+def checkpoint_info(path) -> dict:
+    """Provenance of a trainer checkpoint (avsl_core.train): path, sha256, method, training step,
+    stop reason, the commit it was trained at and its full TrainConfig (a dict)."""
+    from avsl_core.provenance import file_sha256
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(path, "checkpoint not found") from None
+    except Exception as e:  # noqa: BLE001 - unpickling refused, truncated, not a torch file
+        raise DataError(path, f"not a loadable checkpoint (torch.load weights_only=True): {e}") from None
+    cfg = ck.get("config") if isinstance(ck, dict) else None
+    if not isinstance(cfg, dict):
+        raise DataError(path, "expected a trainer checkpoint with a 'config' dict", field="config")
+    return {"path": str(path), "sha256": file_sha256(path), "method": cfg.get("method", "ours"),
+            "step": ck.get("step"), "stop_reason": ck.get("stop_reason"), "train_git_commit": ck.get("git_commit"),
+            "train_config": cfg}
+
+
+def make_test_loader(manifest, train_config: dict, root=None, batch_size: int = 32, num_workers: int = 0):
+    """The test DataLoader a checkpoint expects: ``TestDataset`` at the training run's image size and
+    audio front-end (``config["data"]``; its ``options`` audio_seconds / logmel_kwargs carry over).
+    Returns (loader, items)."""
+    from torch.utils.data import DataLoader
+
+    from avsl_core.data.datasets import TestDataset, collate
+    data = train_config.get("data") or {}
+    opts = {k: v for k, v in (data.get("options") or {}).items() if k in ("audio_seconds", "logmel_kwargs")}
+    ds = TestDataset(manifest, root, image_size=int(data.get("image_size", 96)),
+                     frontend=str(data.get("frontend", "logmel")), **opts)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+    return loader, ds.items
+
+
+def _objectness_fn(path, image_size: int, device):
+    """``images -> [B, h, w]``: the visual objectness of another checkpoint (OGL), at its own input size."""
+    from avsl_core.baselines import load_method_checkpoint
+    net = load_method_checkpoint(path, map_location=device)
+    size = int(((checkpoint_info(path)["train_config"].get("data") or {}).get("image_size", image_size)))
+
+    def fn(images):
+        if images.shape[-1] != size:
+            images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear",
+                                                     align_corners=False, antialias=True)
+        return net.visual_objectness(images)
+    return fn
+
+
+def evaluate_checkpoint(checkpoint, manifest, cfg: EvalConfig = EvalConfig(), *, root=None, out=None,
+                        objectness_checkpoint=None, floors: bool = False, batch_size: int = 32,
+                        device: str = "cpu", num_workers: int = 0):
+    """A trained method (any avsl_core.train checkpoint: ours or a baseline, through
+    ``baselines.load_method_checkpoint``) on a manifest: per-item records and the results dict (metrics,
+    intervals, eval config, seed, checkpoint hash and provenance, git commit; floors on request)."""
+    from avsl_core.baselines import load_method_checkpoint
+    info = checkpoint_info(checkpoint)
+    model = load_method_checkpoint(checkpoint, map_location=device)
+    loader, items = make_test_loader(manifest, info["train_config"], root, batch_size, num_workers)
+    size = int((info["train_config"].get("data") or {}).get("image_size", 96))
+    obj = _objectness_fn(objectness_checkpoint, size, device) if objectness_checkpoint else None
+    res, records = evaluate_model(model, loader, items, cfg, objectness=obj, root=loader.dataset.root,
+                                  device=device, checkpoint=info, floors=floors)
+    res["inputs"] = {k: {"path": str(v), "sha256": _sha(v)} for k, v in
+                     (("manifest", manifest), ("objectness_checkpoint", objectness_checkpoint)) if v}
+    if out is not None:
+        write_results(out, res)
+    return res, records
+
+
+def _sha(path):
+    from avsl_core.provenance import file_sha256
+    return file_sha256(path)
+
+
+def save_records(path, records: dict) -> None:
+    """Per-item records as an .npz (ids, maps [N, h, w], image_emb, audio_emb, confidence, category),
+    written atomically; ``maps`` is the --heatmaps format, so a records file can be re-scored."""
+    import os
+    import tempfile
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, ids=np.array(records["ids"]), maps=records["maps"], image_emb=records["image_emb"],
+                 audio_emb=records["audio_emb"], confidence=records["confidence"],
+                 category=np.array([c or "" for c in records["category"]]))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m avsl_core.evaluate", description=__doc__.split("\n")[0])
-    ap.add_argument("--heatmaps", required=True, help="npz with ids [N] and maps [N, h, w]")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--heatmaps", help="npz with ids [N] and maps [N, h, w] (anyone's method)")
+    src.add_argument("--checkpoint", help="a trainer checkpoint (last.pt) of ours or a baseline")
     ap.add_argument("--manifest", required=True, help="JSONL manifest (avsl_core.data.manifest)")
-    ap.add_argument("--out", required=True, help="results JSON (written atomically)")
+    ap.add_argument("--out", default="results.json", help="results JSON (written atomically)")
+    ap.add_argument("--objectness-checkpoint", default=None,
+                    help="with --checkpoint: OGL rows from this checkpoint's visual objectness")
+    ap.add_argument("--floors", action="store_true",
+                    help="also score audio-blind floors: centre prior, random maps (and, with --checkpoint, "
+                         "the model's visual objectness), under 'floors' in the results")
+    ap.add_argument("--records", default=None, help="with --checkpoint: per-item records .npz")
+    ap.add_argument("--batch-size", type=int, default=32, help="with --checkpoint")
+    ap.add_argument("--device", default="cpu", help="with --checkpoint")
     ap.add_argument("--protocol", default="ezvsl", choices=sorted(M.PROTOCOLS) + sorted(M.PROTOCOL_ALIASES))
     ap.add_argument("--root", default=None, help="data root for masks (default: the manifest's folder)")
     ap.add_argument("--embeddings", default=None, help="npz with ids, audio [N, D], image [N, D]")
@@ -553,16 +695,32 @@ def main(argv=None) -> int:
                      include_kinds=tuple(a.include_kinds.split(",")) if a.include_kinds else None,
                      per_item=a.per_item)
     root = Path(a.root) if a.root else Path(a.manifest).parent
-    items = read_manifest(a.manifest, root)
-    ids, maps = load_npz_maps(a.heatmaps)
-    oids, omaps = load_npz_maps(a.objectness) if a.objectness else (None, None)
-    emb = load_npz_embeddings(a.embeddings) if a.embeddings else None
-    res = evaluate_maps(items, ids, maps, cfg, obj_ids=oids, obj_maps=omaps, embeddings=emb, root=root,
-                        sources={"heatmaps": a.heatmaps, "objectness": a.objectness,
-                                 "embeddings": a.embeddings})
-    res = _provenance(res, {"heatmaps": a.heatmaps, "manifest": a.manifest, "objectness": a.objectness,
-                            "embeddings": a.embeddings})
-    write_results(a.out, res)
+    if a.checkpoint:
+        if a.embeddings or a.objectness:
+            raise SystemExit("--embeddings / --objectness go with --heatmaps; a checkpoint computes its own "
+                             "(use --objectness-checkpoint for OGL rows)")
+        res, records = evaluate_checkpoint(a.checkpoint, a.manifest, cfg, root=root, out=a.out,
+                                           objectness_checkpoint=a.objectness_checkpoint, floors=a.floors,
+                                           batch_size=a.batch_size, device=a.device)
+        if a.records:
+            save_records(a.records, records)
+    else:
+        if a.objectness_checkpoint or a.records:
+            raise SystemExit("--objectness-checkpoint / --records go with --checkpoint")
+        items = read_manifest(a.manifest, root)
+        ids, maps = load_npz_maps(a.heatmaps)
+        oids, omaps = load_npz_maps(a.objectness) if a.objectness else (None, None)
+        emb = load_npz_embeddings(a.embeddings) if a.embeddings else None
+        res = evaluate_maps(items, ids, maps, cfg, obj_ids=oids, obj_maps=omaps, embeddings=emb, root=root,
+                            sources={"heatmaps": a.heatmaps, "objectness": a.objectness,
+                                     "embeddings": a.embeddings})
+        if a.floors:
+            have = set(ids)
+            sel = [it for it in items if it.id in have]
+            res["floors"] = _clean(score_floors(sel, ids, maps.shape[1:], cfg, root=root))
+        res = _provenance(res, {"heatmaps": a.heatmaps, "manifest": a.manifest, "objectness": a.objectness,
+                                "embeddings": a.embeddings})
+        write_results(a.out, res)
     loc = res["metrics"].get("localization", {})
     print(f"{a.out}: {res['n_scored']} items scored ({res['skipped']['count']} skipped), protocol "
           f"{cfg.protocol}: cIoU@0.5 {loc.get('ciou@0.5')}, AUC {loc.get('auc')}")

@@ -11,7 +11,7 @@ from PIL import Image
 
 from avsl_core import evaluate as E
 from avsl_core import metrics_extended as X
-from avsl_core.data.manifest import ManifestItem, write_manifest
+from avsl_core.data.manifest import ManifestItem, read_manifest, write_manifest
 from avsl_core.errors import DataError
 
 S = 224
@@ -184,3 +184,87 @@ def test_empty_gt_scored_like_the_peers():
     assert r["per_item"]["ids"] == ["full", "empty"] and r["per_item"]["ciou"] == [1.0, 0.0]
     assert r["metrics"]["localization"]["n_empty_gt"] == 1 and r["metrics"]["localization"]["ciou@0.5"] == 0.5
     assert r["skipped"]["reasons"] == {"no ground truth (no boxes or mask)": 1}
+
+
+# ----------------------------------------------------------------------------- checkpoint path
+TINY_MODEL = {"width": 0.125, "vision_stop_at": "layer3", "head_dim": 16, "padding_mode": "reflect"}
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """An untrained tiny AVModel saved as a trainer checkpoint of a 32-px synthetic run, and a manifest
+    of 48-px images and 3 s tones (the loader must resize to the checkpoint's 32 px)."""
+    import soundfile as sf
+
+    from avsl_core import train as T
+    from avsl_core.models import AVModel, ModelConfig
+    torch.manual_seed(0)
+    cfg = T.TrainConfig.from_dict(dict(model=TINY_MODEL, data={"kind": "synthetic", "image_size": 32,
+                                                                "options": {"n": 8}}))
+    model = AVModel(ModelConfig.from_dict(TINY_MODEL))
+    ck = tmp_path / "last.pt"
+    torch.save({"format": T.CKPT_FORMAT, "model": model.state_dict(), "config": cfg.to_dict(),
+                "model_config": cfg.model_config.to_dict(), "step": 7, "git_commit": "abc123",
+                "stop_reason": "completed"}, ck)
+    rng = np.random.default_rng(0)
+    d = tmp_path / "set"
+    (d / "images").mkdir(parents=True)
+    (d / "audio").mkdir()
+    items = []
+    for i in range(6):
+        img = np.full((48, 48, 3), 40, np.uint8)
+        img[8 + 4 * i:30 + 2 * i, 10:34] = (200, 50 + 30 * i, 60)
+        Image.fromarray(img).save(d / "images" / f"{i}.png")
+        t = np.arange(3 * 16000) / 16000
+        sf.write(d / "audio" / f"{i}.wav", (0.3 * np.sin(2 * np.pi * (200 + 60 * i) * t)
+                                            + 0.01 * rng.standard_normal(t.size)).astype(np.float32), 16000)
+        items.append(ManifestItem(id=f"i{i}", image=f"images/{i}.png", audio=f"audio/{i}.wav",
+                                  category="a" if i % 2 else "b", negative=(i == 5),
+                                  boxes=() if i == 5 else ((10 / 48, (8 + 4 * i) / 48, 34 / 48, (30 + 2 * i) / 48),)))
+    write_manifest(d / "test.jsonl", items)
+    return ck, d / "test.jsonl", model
+
+
+def test_checkpoint_cli_records_floors_and_provenance(tiny_checkpoint, tmp_path):
+    ck, manifest, model = tiny_checkpoint
+    out, rec = tmp_path / "res.json", tmp_path / "rec.npz"
+    assert E.main(["--checkpoint", str(ck), "--manifest", str(manifest), "--out", str(out), "--protocol",
+                   "official", "--bootstrap", "50", "--floors", "--records", str(rec),
+                   "--objectness-checkpoint", str(ck)]) == 0
+    r = json.loads(out.read_text())
+    c = r["checkpoint"]
+    assert c["sha256"] == hashlib.sha256(ck.read_bytes()).hexdigest() and c["method"] == "ours"
+    assert c["step"] == 7 and c["train_git_commit"] == "abc123" and c["train_config"]["data"]["image_size"] == 32
+    assert isinstance(r["git_commit"], str) and r["seed"] == 0 and r["protocol"]["name"] == "official"
+    assert r["inputs"]["manifest"]["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    loc = r["metrics"]["localization"]
+    assert loc["n"] == 5 and r["metrics"]["extended"]["n_negative"] == 1 and "ogl_localization" in r["metrics"]
+    assert r["metrics"]["retrieval_audio_to_image"]["n"] == 5
+    assert set(r["floors"]) == {"centre_prior", "random", "visual_objectness"}
+    assert all(f["n_scored"] == 6 for f in r["floors"].values())
+    # the records are the model's maps at the checkpoint's 32 px (not the loader default), re-scorable
+    z = np.load(rec)
+    from avsl_core.data.datasets import TestDataset
+    ds = TestDataset(manifest, image_size=32, frontend="logmel")
+    b = [ds[i] for i in range(6)]
+    with torch.no_grad():
+        direct = model.eval().localization_map(torch.stack([x["image"] for x in b]), torch.stack([x["spec"] for x in b]))
+    assert list(z["ids"]) == [f"i{i}" for i in range(6)]
+    np.testing.assert_allclose(z["maps"], direct.numpy(), atol=1e-6)
+    out2 = tmp_path / "res2.json"
+    assert E.main(["--heatmaps", str(rec), "--manifest", str(manifest), "--out", str(out2), "--protocol",
+                   "official", "--bootstrap", "50"]) == 0
+    assert json.loads(out2.read_text())["metrics"]["localization"] == loc
+    # the floor of a map that ignores the audio: the model's objectness scored as a localization map
+    with torch.no_grad():
+        obj = model.visual_objectness(torch.stack([x["image"] for x in b])).numpy()
+    ref = E.evaluate_maps(read_manifest(manifest), list(z["ids"]), obj, E.EvalConfig(protocol="official", n_bootstrap=50))
+    assert r["floors"]["visual_objectness"]["metrics"]["localization"] == pytest.approx(ref["metrics"]["localization"])
+
+
+def test_checkpoint_errors_name_the_file(tiny_checkpoint, tmp_path):
+    ck, manifest, _ = tiny_checkpoint
+    with pytest.raises(DataError, match=r"test\.jsonl.*not a loadable checkpoint"):
+        E.main(["--checkpoint", str(manifest), "--manifest", str(manifest), "--out", str(tmp_path / "o.json")])
+    with pytest.raises(SystemExit):
+        E.main(["--checkpoint", str(ck), "--manifest", str(manifest), "--embeddings", "x.npz"])

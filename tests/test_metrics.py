@@ -212,6 +212,8 @@ def test_parity_with_per_sample_reference(name):
     fast = M.ciou(torch.from_numpy(maps), gt, p).numpy()
     ref = np.array([_ref_ciou(maps[i], boxes[i], fmt, p) for i in range(n)])
     np.testing.assert_allclose(fast, ref, atol=1e-6, equal_nan=True)
+    g1, g2 = M.gt_levels(b, v, consensus=fmt == "flickr")
+    np.testing.assert_array_equal(M.ciou_fast(torch.from_numpy(maps), g1, g2, p).numpy(), fast)  # the matmul path
     s = M.summarize_ciou(fast)
     assert s["ciou@0.5"] == pytest.approx(np.mean(ref >= 0.5), abs=1e-6)
     assert s["auc"] == pytest.approx(_ref_auc(ref), abs=1e-6)
@@ -403,3 +405,75 @@ def test_bootstrap():
     assert X.bootstrap_ci(X.mean_stat(np.ones(10)), 10, 200) == [1.0, 1.0]
     w = X.bootstrap_counts(50, 20, seed=0)
     assert torch.all(w.sum(1) == 50)
+
+
+# ----------------------------------------------------------------------------- the fast (matmul) path
+@pytest.mark.parametrize("mode", M.UPSAMPLERS)
+def test_upsample_matrices_are_the_kernel(mode):
+    rng = np.random.default_rng(len(mode))
+    m = torch.from_numpy(rng.standard_normal((6, 14, 11)).astype(np.float32))
+    uh, uw = M.upsample_matrices(mode, 14, 11)
+    assert uh.shape == (224, 14) and uw.shape == (224, 11)
+    assert torch.allclose(uh.sum(1), torch.ones(224, dtype=torch.float64), atol=1e-12)  # a constant stays put
+    exact = M.upsample(m, mode)
+    via = (uh @ m.double() @ uw.T).float()
+    assert (via != exact).float().mean() < 1e-3 and torch.allclose(via, exact, atol=1e-6)  # last-bit ties only
+    f32 = M._interpolate(m[:, None], mode, (224, 224))[:, 0]  # torch's float32 kernel: a few ulps away
+    assert (f32 - exact).abs().max() <= 8 * 2 ** -24 * 4 * m.abs().max()
+    fast = M.upsample_fast(m, mode)
+    op = M._fast_op(mode, 14, 11, 224)
+    assert ((fast - exact).abs().amax((1, 2)) <= op.err * m.abs().amax((1, 2))).all()  # the bound the guard uses
+    c = torch.full((2, 14, 11), 0.3)
+    assert torch.equal(M.upsample(c, mode), torch.full((2, 224, 224), 0.3))  # exact ties survive
+
+
+def _tie_heavy_maps(rng, n, name):
+    maps = rng.standard_normal((n, 14, 14)).astype(np.float32)
+    maps[:8] = np.round(maps[:8] * 2) / 2  # plateaus: ties at the median
+    maps[8] = 0.25  # constant
+    maps[9, :, 7:] = maps[9, :, :7]  # repeated halves
+    maps[10] = np.float32(1e-3) * maps[10]  # tiny range: normalisation rounds hard
+    if name == "acl":
+        maps = 1 / (1 + np.exp(-maps))
+        maps[11, :7] = 0.5  # a flat region exactly at the fixed threshold
+    return maps
+
+
+@pytest.mark.parametrize("name", sorted(M.PROTOCOLS))
+def test_fast_path_equals_exact_path(name):
+    p = M.PROTOCOLS[name]
+    rng = np.random.default_rng(zlib.crc32(name.encode()) + 1)
+    maps = torch.from_numpy(_tie_heavy_maps(rng, 48, name))
+    st = {}
+    fast = M.binarize_packed(maps, p, chunk=16, stats=st)
+    exact = np.packbits(M.as_rows(M.binarize(M.prepare(maps, p), p)), axis=1)
+    bad = np.flatnonzero((fast != exact).any(1))
+    assert len(bad) == 0, f"maps {bad} differ"
+    # every route is exercised: plain fast maps, near-ties settled from exact values, whole exact maps
+    assert st["maps"] == 48 and st["clean"] > 10 and st["near_tie"] > 0
+    assert st["exact"] >= (0 if name == "acl" else 1)  # the constant map
+    assert torch.equal(M.binarize_fast(maps[:12], p), M.binarize(M.prepare(maps[:12], p), p))
+
+
+def test_fast_path_score_first_tau_and_other_sizes():
+    rng = np.random.default_rng(7)
+    cos = torch.from_numpy(np.tanh(rng.standard_normal((24, 7, 9))).astype(np.float32))
+    p = M.PROTOCOLS["slavc"]
+    for tau, maps in ((None, cos), (0.07, cos / 0.07)):  # SLAVC's absolute score of cos or of cos/τ
+        exact = np.packbits(M.as_rows(M.binarize(M.prepare(maps, p, tau), p)), axis=1)
+        assert np.array_equal(M.binarize_packed(maps, p, tau), exact)
+    q = replace(M.PROTOCOLS["official"], size=64)
+    exact = np.packbits(M.as_rows(M.binarize(M.prepare(cos, q), q)), axis=1)
+    assert np.array_equal(M.binarize_packed(cos, q), exact)
+
+
+def test_ciou_fast_and_packed_ground_truth():
+    boxes = [[(0.1, 0.1, 0.6, 0.5), (0.4, 0.3, 0.9, 0.95)], [], [(-0.2, 0.5, 0.3, 1.4)], [(0.5, 0.5, 0.5, 0.9)]]
+    b, v = M.pad_boxes(boxes)
+    g1, _ = M.gt_levels(b, v)
+    assert np.array_equal(M.gt_union_packed(b, v), np.packbits(g1.reshape(4, -1), axis=1))
+    maps = torch.from_numpy(np.random.default_rng(3).standard_normal((4, 14, 14)).astype(np.float32))
+    ref = M.ciou_from_levels(M.binarize(M.prepare(maps, "ezvsl"), "ezvsl"), g1, g1).numpy()
+    got = M.ciou_from_packed(M.binarize_packed(maps, "ezvsl"), M.gt_union_packed(b, v)).numpy()
+    np.testing.assert_array_equal(got, ref)
+    assert got[1] == 0.0 and got[3] == 0.0  # empty GT (no box; a zero-width box): 0 for a non-empty map

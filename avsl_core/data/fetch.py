@@ -38,6 +38,7 @@ import numpy as np
 from avsl_core.config import repo_root
 from avsl_core.data import containers as C
 from avsl_core.errors import DataError
+from avsl_core.provenance import atomic_write_bytes
 
 FETCH_VERSION = "1"           # bump when the conversion changes (invalidates existing caches)
 SUITE = "bookworm"            # the Debian suite every pin comes from
@@ -123,16 +124,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+atomic_write = atomic_write_bytes   # one implementation: avsl_core.provenance
 
 
 # ------------------------------------------------------------------------------------------ downloads

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from typing import Iterable
 
 from avsl_core.errors import DataError
+from avsl_core.provenance import atomic_write_text  # re-exported for the data modules
 
 Box = tuple[float, float, float, float]
 
@@ -234,21 +235,6 @@ def write_manifest(path, items: Iterable[ManifestItem]) -> None:
         seen[item.id] = row
         lines.append(json.dumps(item_to_dict(item), ensure_ascii=False, allow_nan=False))
     atomic_write_text(path, "".join(line + "\n" for line in lines))
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 __all__ = ["ManifestItem", "FIELDS", "read_manifest", "write_manifest", "resolve", "validate_item",
