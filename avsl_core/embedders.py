@@ -188,7 +188,7 @@ def _embed_items(fn, modality, items, root, image_size, n_audio, batch_size) -> 
 
 
 # ------------------------------------------------------------------------------- training data
-def training_pool(assets, categories: tuple[str, ...] | None = None, image_size: int | None = None):
+def training_pool(assets, categories: tuple[str, ...] | None = None):
     """A composer Pool over the *train*-split files of `categories` (default: every category with
     train images and train recordings), train backgrounds and ambience, one object per scene."""
     from avsl_core.data.compose import Pool

@@ -11,7 +11,15 @@ Row i of a table holds the indices (into the same manifest order) of item i's k 
 most similar first, never i itself (excluded by index, so exact duplicates are handled).
 Tables are saved as `<name>.npy` with a `<name>.json` metadata file (embedder, modality, k, manifest and
 embedding hashes, git commit) and reused by `load_or_build` when the metadata matches.
-Embedders (what produces the [N, D] arrays) live in `avsl_core.embedders`.
+Embedders (what produces the [N, D] arrays) live in `avsl_core.embedders`; `embedders.mine_positives`
+runs the whole step (train or load the analogues, embed, build the tables).
+
+Speed (benchmarks/bench_knn.py, N = 144,000, D = 512, k = 1000, 2 threads): exact faiss IndexFlatIP is
+the faster exact method (1.55x chunked torch matmul + topk on the same data, identical tables); its
+speed depends on the OpenBLAS kernel faiss's bundled OpenBLAS picks (OPENBLAS_CORETYPE=Haswell was
+1.35x faster than the auto-detected "Zen"). The IVF option (nlist ~ sqrt(N)) scans its lists without
+BLAS, so on a CPU it pays off only when nprobe / nlist is ~1 % or less (millions of items); at 144K
+with nprobe = 32 it was no faster than the flat index and kept 58 % of the exact top-1000.
 """
 from __future__ import annotations
 
