@@ -19,6 +19,7 @@ the best floor with non-overlapping intervals. Prints a table and writes `<out>/
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -58,10 +59,12 @@ def maps_for(model: AVModel, set_dir: Path, cfg: T.TrainConfig) -> tuple[list, l
 
 def score(items, ids, maps: dict) -> dict:
     """{name: {pointing, ciou, auc, swap, discrimination: (value, [lo, hi])}} on loc and swap items."""
+    kind = {it.id: str(it.extra.get("kind")) for it in items}
+    sub = {k: ([it for it in items if kind[it.id] == k], np.array([kind[i] == k for i in ids])) for k in ("loc", "swap")}
     out = {}
     for name, m in maps.items():
-        loc = evaluate_maps(items, ids, m, EvalConfig(include_kinds=("loc",), allow_missing=True))
-        sw = evaluate_maps(items, ids, m, EvalConfig(include_kinds=("swap",), allow_missing=True))
+        loc = evaluate_maps(sub["loc"][0], [i for i, s in zip(ids, sub["loc"][1]) if s], m[sub["loc"][1]])
+        sw = evaluate_maps(sub["swap"][0], [i for i, s in zip(ids, sub["swap"][1]) if s], m[sub["swap"][1]])
         lm, li = loc["metrics"], loc["intervals"]
         r = {"n_loc": loc["n_scored"],
              "pointing": (lm["pointing"]["accuracy"], li["pointing"]["accuracy"]),
@@ -106,22 +109,39 @@ def main(argv=None) -> int:
                     help="comma-separated set names beside data.train_dir")
     ap.add_argument("--reuse", action="store_true", help="skip training if --out holds a finished run")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--curve", default=None, metavar="S1,S2,...",
+                    help="learning curve: train to each step count in turn (resuming), score the first "
+                         "test set at each; the last count is the run's length (overrides max_steps)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg = T.load_config(a.config, a.section, a.set)
     out = Path(a.out)
+    sets_root = T._resolve(cfg.data.train_dir).parent
+    curve = []
+    if a.curve:
+        first = a.test_sets.split(",")[0]
+        for n in [int(x) for x in a.curve.split(",")]:
+            c = dataclasses.replace(cfg, max_steps=n)
+            s = T.train(c, out, resume=(out / T.CKPT_NAME).exists(), progress=False)
+            items, ids, maps = maps_for(AVModel.from_checkpoint(out / T.CKPT_NAME), sets_root / first, cfg)
+            res = score(items, ids, {"model": maps["model"]})["model"]
+            curve.append({"step": s["steps"], "elapsed_s": s["elapsed_s"], "set": first,
+                          **{k: res[k][0] for k in ("pointing", "ciou@0.5", "swap") if k in res}})
+            print(f"curve: step {s['steps']:>5} loop {s['elapsed_s']:>7.0f} s  {first}: pointing "
+                  f"{res['pointing'][0]:.3f} cIoU@0.5 {res['ciou@0.5'][0]:.3f} swap {res.get('swap', [0])[0]:.3f}",
+                  flush=True)
+        cfg = dataclasses.replace(cfg, max_steps=int(a.curve.split(",")[-1]))
     t0 = time.perf_counter()
     if a.reuse and (out / "summary.json").exists():
         summary = json.loads((out / "summary.json").read_text())
     else:
-        summary = T.train(cfg, out, resume=(out / T.CKPT_NAME).exists())
+        summary = T.train(cfg, out, resume=(out / T.CKPT_NAME).exists(), progress=not a.curve)
     wall = time.perf_counter() - t0
     model = AVModel.from_checkpoint(out / T.CKPT_NAME)
-    sets_root = T._resolve(cfg.data.train_dir).parent
     report = {"config": cfg.to_dict(), "train": {k: summary.get(k) for k in ("steps", "elapsed_s", "stop_reason")},
               "wall_s_train_call": round(wall, 1), "git_commit": git_commit(), "environment": environment(),
-              "command": " ".join(sys.argv), "sets": {}}
+              "command": " ".join(sys.argv), "curve": curve, "sets": {}}
     ep = summary.get("epochs") or []
     print(f"trained {summary.get('steps')} steps in {summary.get('elapsed_s')} s of loop "
           f"({wall:.0f} s with data loading / set-up); stop: {summary.get('stop_reason')}; "
