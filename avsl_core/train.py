@@ -8,9 +8,13 @@
 * Methods: `METHODS` maps `TrainConfig.method` to a factory `(cfg, model) -> Method`. "ours" is the
   paper's multi-positive loss (Eq. 5, `losses.multi_positive_loss`); baselines register their own
   loss objects with `register_method` without touching the loop.
-* Loop: Adam + linear warm-up; bf16 autocast (+ channels_last) on CPU, autocast on GPU; an optional
-  curriculum phase (the first N steps from another set, e.g. single-object scenes) before the epochs;
-  epochs or a time budget (stops at the end of the step that crosses it, then checkpoints).
+* Loop: Adam + linear warm-up; channels_last; bf16 autocast where the hardware has bf16 (CUDA, CPUs
+  with avx512_bf16/AMX), fp32 elsewhere (`precision="auto"`: on an AVX2-only CPU bf16 is emulated and
+  4-8x slower); denormals flushed on CPU (they made steps 5-10x slower); an optional curriculum phase
+  (the first N steps from another set, e.g. single-object scenes) before the epochs; epochs or a time
+  budget (stops at the end of the step that crosses it, then checkpoints).
+* Data: AVScenes sets through `batch_views.FastTrainViews` + `BatchViews` (per-item work is indexing;
+  the SimCLR view is made on whole batches), or `datasets.TrainDataset` (`data.fast_views=false`).
 * Records (rank 0 only): `last.pt` every epoch / at the budget (model, optimizer, scheduler, method
   state, every RNG state of every rank, position, config, seed, git commit), written atomically and
   loaded with `weights_only=True`; `model_card.md`, `config.json`, `steps.csv` (per step),
