@@ -548,7 +548,8 @@ def mine_positives(manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
                    assets_root: str | os.PathLike | None = "data/assets", assets=None,
                    embedder: dict | None = None,
                    external: dict | None = None, imagenet_weights: str | os.PathLike | None = None,
-                   method: str | None = None, log=print) -> dict:
+                   method: str | None = None, embedders_dir: str | os.PathLike | None = None,
+                   log=print) -> dict:
     """Neighbour tables of a training manifest for every embedder asked for (paper §3, Table 8/9).
 
     kinds: trained analogues ("supervised", "ssl"), each for image and audio, with EmbedderConfig
@@ -557,7 +558,8 @@ def mine_positives(manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
     avsl_core.data.avscenes.Assets; loaded from `assets_root` when needed); external: {(name, modality): file}
     (`load_external`); imagenet_weights: a local torchvision ResNet18 file -> ("imagenet", "image").
     k: absolute or a fraction of the manifest (default: the paper's 1000 / 144K).
-    Everything is cached under out_dir (embedders/, embeddings/, tables/) and reused when unchanged.
+    Everything is cached under out_dir (embedders/, embeddings/, tables/) and reused when unchanged;
+    `embedders_dir` shares trained embedders across manifests (mine a second set without retraining).
     Returns {(embedder name, modality): mining.NeighbourTable}, rows in the manifest's order.
     """
     from avsl_core import mining
@@ -579,11 +581,12 @@ def mine_positives(manifest_path: str | os.PathLike, out_dir: str | os.PathLike,
             common = {k: v for k, v in (embedder or {}).items() if k not in MODALITIES + KINDS}
             own = {**(embedder or {}).get(modality, {}), **(embedder or {}).get(kind, {})}
             cfg = EmbedderConfig(**{**common, **own, "kind": kind, "modality": modality})
-            if assets is None and not _checkpoint_fresh(cfg, out_dir / "embedders", assets_root):
+            emb_dir = Path(embedders_dir) if embedders_dir is not None else out_dir / "embedders"
+            if assets is None and not _checkpoint_fresh(cfg, emb_dir, assets_root):
                 from avsl_core.data.avscenes import load_assets
                 from avsl_core.data.compose import ComposerConfig
                 assets = load_assets(assets_root, ComposerConfig(image_size=max(cfg.image_size, 96)))
-            model = load_or_train(cfg, out_dir / "embedders", assets=assets, assets_root=assets_root, log=log)
+            model = load_or_train(cfg, emb_dir, assets=assets, assets_root=assets_root, log=log)
             emb = embed_cached(model, items, root, out_dir / "embeddings" / f"{cfg.name}.npz",
                                f"{model.key}|{man_sha}", log=log)
             table(kind, modality, emb)

@@ -88,6 +88,8 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     neighbours: str | None = None        # [N, k] int .npy (avsl_core.mining): v_conc, and a_conc unless ...
     audio_neighbours: str | None = None  # ... a separate audio table is given (paper §3; fast views only)
+    neighbours_k: int | None = None      # use only each row's first k neighbours (tables are sorted by
+                                         # similarity, so one mined table serves Table 9's smaller k)
     epochs: int = 1                      # passes over the training set (after the curriculum phase)
     time_budget_min: float | None = None  # stop at the end of the step that crosses it (then checkpoint)
     max_steps: int | None = None         # hard cap on optimizer steps (curriculum included)
@@ -108,7 +110,8 @@ class TrainConfig:
                   ("warmup_steps", self.warmup_steps >= 0), ("num_workers", self.num_workers >= 0),
                   ("precision", self.precision in PRECISIONS), ("curriculum_steps", self.curriculum_steps >= 0),
                   ("time_budget_min", self.time_budget_min is None or self.time_budget_min > 0),
-                  ("log_every", self.log_every >= 1)]
+                  ("log_every", self.log_every >= 1),
+                  ("neighbours_k", self.neighbours_k is None or self.neighbours_k >= 1)]
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"TrainConfig.{name}: invalid value {getattr(self, name)!r}")
@@ -274,20 +277,26 @@ def build_dataset(cfg: TrainConfig, set_dir: str | None, with_conc: bool) -> Dat
     if with_conc and set_dir == d.train_dir:   # tables index the training set; a curriculum set goes without
         if not cfg.neighbours:
             raise ValueError("the loss needs conceptual positives: set `neighbours` (a table from avsl_core.mining)")
-        tables["neighbours"] = _load_table(cfg.neighbours)
+        tables["neighbours"] = _load_table(cfg.neighbours, cfg.neighbours_k)
         if cfg.audio_neighbours:
             if not uses_fast_views(cfg):
                 raise ValueError("audio_neighbours (a separate a_conc table) needs data.fast_views with logmel")
-            tables["audio_neighbours"] = _load_table(cfg.audio_neighbours)
+            tables["audio_neighbours"] = _load_table(cfg.audio_neighbours, cfg.neighbours_k)
     return TrainDataset(root / "manifest.jsonl", root, image_size=d.image_size, frontend=d.frontend,
                         **tables, **d.options)
 
 
-def _load_table(path: str) -> np.ndarray:
+def _load_table(path: str, k: int | None = None) -> np.ndarray:
+    """An [N, K] neighbour table; with `k`, its first k columns (the k most similar: rows are sorted)."""
     p = _resolve(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: neighbour table not found (build it with avsl_core.mining / embedders)")
-    return np.load(p)
+    table = np.load(p)
+    if k is not None:
+        if not 1 <= k <= table.shape[1]:
+            raise ValueError(f"{p}: neighbours_k={k} outside 1..{table.shape[1]} (the table's k)")
+        table = np.ascontiguousarray(table[:, :k])
+    return table
 
 
 def uses_fast_views(cfg: TrainConfig) -> bool:
