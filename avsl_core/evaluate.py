@@ -499,6 +499,8 @@ def evaluate_model(model, loader, items, cfg: EvalConfig = EvalConfig(), *, obje
     Returns (results, records): records hold per item the id, map at native resolution, confidence,
     image/audio embeddings and category.
     """
+    if torch.device(device).type == "cpu":
+        torch.set_flush_denormal(True)   # denormal activations make x86 convolutions 2-10x slower
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()

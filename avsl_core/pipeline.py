@@ -37,7 +37,20 @@ STEPS: tuple[Step, ...] = (
     Step("20_train", deps=("00_prepare_data", "15_mine_positives")),
     Step("30_evaluate", deps=("20_train",)),
     Step("40_table1_main", deps=("30_evaluate",)),
-    Step("90_appendix_reproducibility", deps=("40_table1_main",)),
+    Step("41_table2_distribution", deps=("30_evaluate",)),
+    Step("42_tables3_4_open_set", deps=("30_evaluate",)),
+    Step("43_table5_pixel", deps=("30_evaluate",)),
+    Step("44_table6_retrieval", deps=("30_evaluate",)),
+    Step("45_table7_extended", deps=("30_evaluate",)),
+    Step("46_table8_ablations", deps=("30_evaluate",)),
+    Step("47_table9_k", deps=("30_evaluate",)),
+    Step("50_figures", deps=("30_evaluate",)),
+    Step("55_correlation", deps=("30_evaluate",)),
+    Step("60_explore_sound_swap", deps=("30_evaluate",)),
+    Step("90_appendix_reproducibility", deps=("40_table1_main", "41_table2_distribution", "42_tables3_4_open_set",
+                                              "43_table5_pixel", "44_table6_retrieval", "45_table7_extended",
+                                              "46_table8_ablations", "47_table9_k", "50_figures",
+                                              "55_correlation", "60_explore_sound_swap")),
 )
 
 
