@@ -4,8 +4,8 @@
 method, training set, the paper tables it feeds, the k it used and its Table 8 switches; runs that a
 profile skips are listed under "full_only". The pages take their rows from here so that a row the
 profile did not train shows as "full profile only: make book PROFILE=full" and is never dropped.
-A train.json written before the catalogue existed is read as: every run is its own method, trained
-on "train", with no k and no switches recorded.
+A train.json written before the catalogue existed is read from its "runs" overrides: method and
+train_set where given (else the run's name and "train"), no k and no switches recorded.
 
 Nothing here computes a metric: values and bootstrap intervals come from `avsl_core.book.load_results`,
 the paper's numbers from `avsl_core.book.paper_table`.
@@ -101,7 +101,7 @@ def _check_entry(path: Path, key: str, name: str, e) -> dict:
 
 def load_catalogue(runs_dir: str | Path) -> Catalogue:
     """Read `runs_dir/results/train.json`. Raises DataError (naming the file and field) when it is
-    missing or malformed; falls back to one `train` run per name for a file without a catalogue."""
+    missing or malformed; falls back to the "runs" overrides for a file without a catalogue."""
     path = Path(runs_dir) / "results" / "train.json"
     if not path.exists():
         raise DataError(path, "missing: the training step writes it (run the 20_train notebook)")
@@ -115,8 +115,11 @@ def load_catalogue(runs_dir: str | Path) -> Catalogue:
         runs = doc.get("runs") or doc.get("checkpoints") or {}
         if not isinstance(runs, dict):
             raise DataError(path, "expected an object of run names", field="runs")
-        entries = {n: {"method": n, "train_set": "train", "tables": [], "k": None, "switches": None}
-                   for n in runs}
+        entries = {}
+        for n, ov in runs.items():
+            ov = ov if isinstance(ov, dict) else {}
+            entries[n] = {"method": ov.get("method", n), "train_set": ov.get("train_set", "train"),
+                          "tables": [], "k": None, "switches": None}
         return Catalogue(path, entries, {}, legacy=True)
     out = {}
     for key in ("catalogue", "full_only"):
@@ -258,6 +261,10 @@ def verdict_among(res: pd.DataFrame, cat: Catalogue, test_set: str, family: str,
     v = book.verdict(sub, test_set, family, metric, ours=ours, others=list(others))
     if v.startswith("inconclusive (our model"):
         return f"inconclusive ({ours} has no results on {test_set})"
+    if v.startswith("inconclusive (nothing"):
+        if all(cat.status(o) != "run" for o in others):
+            return f"inconclusive ({', '.join(others)} not trained in this profile; {FULL_ONLY})"
+        return f"inconclusive (none of {', '.join(others)} has results on {test_set})"
     return v
 
 

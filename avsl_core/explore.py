@@ -410,8 +410,11 @@ def build_widget(ex: Explorer, image: str | None = None, sound: str | None = Non
     up_img = W.FileUpload(accept="image/*", multiple=False, description="upload image")
     up_snd = W.FileUpload(accept="audio/*,.wav,.flac,.ogg", multiple=False, description="upload sound")
     panel, strip, info = W.Image(format="png"), W.Image(format="png"), W.HTML()
+    swaps = ex.swap_scenes()      # open on a swap image and its first sound: the static book shows that
+    image = image or (swaps[0] if swaps else None)
     if image is not None:
         img_dd.value = image
+    sound = sound or next((k_ for k_, s in ex.sounds.items() if s.scene == image and s.boxes), None)
     if sound is not None:
         snd_dd.value = sound
 

@@ -57,12 +57,15 @@ def test_catalogue_status_and_notes(runs):
 
 
 def test_legacy_train_json_without_catalogue(tmp_path):
-    write_train(tmp_path, {"profile": "smoke", "runs": {"ours": {"method": "ours"}, "ezvsl": {}}})
+    write_train(tmp_path, {"profile": "smoke", "runs": {"ours": {"method": "ours"}, "ezvsl": {},
+                                                        "single_ours": {"method": "ours",
+                                                                        "train_set": "single_train"}}})
     cat = br.load_catalogue(tmp_path)
-    assert cat.legacy and cat.names() == ["ours", "ezvsl"]
+    assert cat.legacy and cat.names() == ["ours", "ezvsl", "single_ours"]
+    assert cat.names(train_set="single_train") == ["single_ours"]
     assert cat.entries["ezvsl"] == {"method": "ezvsl", "train_set": "train", "tables": [], "k": None,
                                     "switches": None}
-    assert cat.status("single_ours") == "absent"
+    assert cat.status("split2_ours") == "absent"
 
 
 @pytest.mark.parametrize("entry, field", [
@@ -123,6 +126,13 @@ def test_gap_compare_and_verdicts(runs):
                             ["ours"]) == "not reproduced"
     assert br.verdict_among(res, cat, "test_seen", "localization", "auc", "abl_B",
                             ["ours"]).startswith("inconclusive (abl_B not trained")
+    assert br.verdict_among(res, cat, "test_seen", "localization", "auc", "ours",
+                            ["abl_B"]) == f"inconclusive (abl_B not trained in this profile; {br.FULL_ONLY})"
+    assert br.verdict_among(res, cat, "test_heldout", "localization", "auc", "ours",
+                            ["ezvsl"]) == "inconclusive (ours has no results on test_heldout)"
+    write_eval(runs, "test_heldout", "ours", 0.5)
+    assert br.verdict_among(book.load_results(runs), cat, "test_heldout", "localization", "auc", "ours",
+                            ["ezvsl"]) == "inconclusive (none of ezvsl has results on test_heldout)"
     assert br.combine(["reproduced", "reproduced"]) == "reproduced"
     assert br.combine(["reproduced", "not reproduced"]) == "not reproduced"
     assert br.combine(["reproduced", "inconclusive"]) == "inconclusive"

@@ -47,13 +47,15 @@ def test_pick_swap_groups_orders_queries_and_needs_two():
 
 def test_main_runs_catalogue_fallback_and_full_only():
     cat = {"ours": {"method": "ours", "train_set": "train"}, "ezvsl": {"method": "ezvsl", "train_set": "train"},
-           "abl_B": {"method": "ours", "train_set": "train"}, "single_ours": {"method": "ours", "train_set": "single_train"}}
+           "abl_B": {"method": "ours", "train_set": "train"},
+           "single_ours": {"method": "ours", "train_set": "single_train"}}
     train = {"checkpoints": {k: f"ck/{k}.pt" for k in cat}, "catalogue": cat,
              "full_only": {"slavc": {"method": "slavc", "train_set": "train", "command": "make book PROFILE=full"}}}
     runs, missing = FG.main_runs(train)
     assert list(runs) == ["ours", "ezvsl"] and runs["ezvsl"]["checkpoint"] == "ck/ezvsl.pt"
     assert "full profile only" in missing["slavc"]
-    runs, missing = FG.main_runs({"checkpoints": {"ezvsl": "e.pt", "ours": "o.pt"}, "runs": {"ezvsl": {"method": "ezvsl"}}})
+    old_layout = {"checkpoints": {"ezvsl": "e.pt", "ours": "o.pt"}, "runs": {"ezvsl": {"method": "ezvsl"}}}
+    runs, missing = FG.main_runs(old_layout)
     assert list(runs) == ["ours", "ezvsl"] and not missing
 
 
