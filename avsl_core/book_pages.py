@@ -13,6 +13,8 @@ long table of `book.load_results`, and turns them into the pages' tables, correl
 * `combine_verdicts`, `verdict_grid`: one explicit rule for pages with several cells per claim.
 * `correlation`, `discordance`: the localization-versus-retrieval analysis across trained models.
 * `seed_groups`, `seed_spread`: runs named `<name>_seed<N>`.
+* `negatives`, `read_eval`, `first_eval`: fields the long table leaves out (counts, protocol).
+* `glue`: myst-nb glue with strings shown bare (`Prose`), so a verdict reads without quotes.
 """
 from __future__ import annotations
 
@@ -97,8 +99,7 @@ def missing_note(cat: pd.DataFrame, name: str) -> str | None:
         if cat.loc[name, "trained"]:
             return None
         return f"full profile only: {cat.loc[name, 'command'] or FULL_COMMAND}"
-    profile = cat.attrs.get("profile") or "this"
-    return f"not trained by the {profile} profile (configs/{profile}.yaml): {FULL_COMMAND}"
+    return f"not in the {cat.attrs.get('profile') or 'this'} profile: {FULL_COMMAND}"
 
 
 def display_name(name: str) -> str:
@@ -129,7 +130,7 @@ def method_table(res: pd.DataFrame, test_sets, columns, cat: pd.DataFrame | None
             continue                      # floors exist in every evaluated set; none here: nothing to say
         else:
             note = (missing_note(cat, n) if cat is not None else None) if n not in have else None
-            rows.append(pd.Series(note or "– (not evaluated on these sets)", index=df.columns, name=n))
+            rows.append(pd.Series(note or "– (no results for these measures and sets)", index=df.columns, name=n))
     table = pd.DataFrame(rows, columns=df.columns) if rows else pd.DataFrame(columns=df.columns)
     if pretty:
         table.index = [display_name(n) for n in table.index]
@@ -220,6 +221,27 @@ def _r(x, y, kind: str) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def _weighted_ranks(v: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Mid-ranks of v [n] in the data set where point i appears w[b, i] times: [B, n]."""
+    uniq, inv = np.unique(v, return_inverse=True)
+    gw = w @ (inv[:, None] == np.arange(len(uniq))[None, :])          # [B, U] weight of each tied value
+    before = np.cumsum(gw, axis=1) - gw                               # weight of the smaller values
+    return (before + (gw + 1) / 2)[:, inv]
+
+
+def _weighted_r(x: np.ndarray, y: np.ndarray, w: np.ndarray, kind: str) -> np.ndarray:
+    """r of each resample b, the data set holding point i w[b, i] times (a bootstrap resample as
+    counts): [B]; NaN where a variable is constant within the resample."""
+    w = w.astype(float)
+    X, Y = ((_weighted_ranks(x, w), _weighted_ranks(y, w)) if kind == "spearman"
+            else (np.broadcast_to(x, w.shape), np.broadcast_to(y, w.shape)))
+    tot = w.sum(1, keepdims=True)
+    dx, dy = X - (w * X).sum(1, keepdims=True) / tot, Y - (w * Y).sum(1, keepdims=True) / tot
+    sxx, syy, sxy = (w * dx * dx).sum(1), (w * dy * dy).sum(1), (w * dx * dy).sum(1)
+    ok = (sxx > 1e-12 * tot[:, 0] ** 2) & (syy > 1e-12 * tot[:, 0] ** 2)
+    return np.where(ok, sxy / np.sqrt(np.where(ok, sxx * syy, 1.0)), np.nan)
+
+
 def correlation(x, y, kind: str = "spearman", *, clusters=None, n_boot: int = 2000, n_perm: int = 10000,
                 seed: int = 0, level: float = 0.95) -> dict:
     """Spearman or Pearson r of paired values, a percentile bootstrap interval and a permutation p.
@@ -238,15 +260,16 @@ def correlation(x, y, kind: str = "spearman", *, clusters=None, n_boot: int = 20
     keep = ~(np.isnan(x) | np.isnan(y))
     x, y = x[keep], y[keep]
     cl = np.asarray(clusters)[keep] if clusters is not None else np.arange(len(x))
-    groups = [np.flatnonzero(cl == c) for c in pd.unique(cl)]
-    n = len(x)
-    out = dict(r=_r(x, y, kind), lo=np.nan, hi=np.nan, p=np.nan, n=n, n_clusters=len(groups), n_boot_valid=0)
+    codes = pd.factorize(cl)[0]                                        # [n] cluster index of each point
+    n, n_cl = len(x), int(codes.max()) + 1 if len(x) else 0
+    out = dict(r=_r(x, y, kind), lo=np.nan, hi=np.nan, p=np.nan, n=n, n_clusters=n_cl, n_boot_valid=0)
     if np.isnan(out["r"]):
         return out
     rng = np.random.default_rng(seed)
-    boot = np.array([_r(x[idx], y[idx], kind) for idx in
-                     (np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
-                      for _ in range(n_boot))])
+    draws = rng.integers(0, n_cl, (n_boot, n_cl))                      # [B, clusters drawn]
+    counts = np.zeros((n_boot, n_cl))
+    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1)          # [B, n_cl] times each is drawn
+    boot = _weighted_r(x, y, counts[:, codes], kind)
     ok = boot[~np.isnan(boot)]
     out["n_boot_valid"] = int(ok.size)
     if ok.size >= n_boot / 2:
@@ -283,11 +306,16 @@ def discordance(loc: pd.DataFrame, ret: pd.DataFrame) -> tuple[str, pd.DataFrame
                 kind = "retrieval unresolved"
             rows.append(dict(better_localization=a, other=b, retrieval=kind))
     pairs = pd.DataFrame(rows, columns=["better_localization", "other", "retrieval"])
+    return discordance_verdict(pairs), pairs
+
+
+def discordance_verdict(pairs: pd.DataFrame) -> str:
+    """The rule of `discordance` applied to a table of pairs (e.g. pooled over test sets)."""
     if (pairs.retrieval == "discordant").any():
-        return "reproduced", pairs
+        return "reproduced"
     if len(pairs) and (pairs.retrieval == "concordant").all():
-        return "not reproduced", pairs
-    return "inconclusive", pairs
+        return "not reproduced"
+    return "inconclusive"
 
 
 # ----------------------------------------------------------------------------- seeds
@@ -342,10 +370,37 @@ def read_eval(runs_dir: str | Path, test_set: str, model: str) -> dict:
     return json.loads(path.read_text())
 
 
+def first_eval(runs_dir: str | Path, test_set: str, models) -> dict:
+    """The results file of the first of `models` evaluated on `test_set` ({} when none was): where a
+    page needs a set-level field (gallery size, frames, protocol) that every model's file repeats."""
+    for m in models:
+        path = Path(runs_dir) / "results" / "eval" / test_set / f"{m}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+    return {}
+
+
 def fmt_r(d: dict) -> str:
     """'0.43 [0.10, 0.80]' for a `correlation` result (r, with its interval when defined)."""
     if d["r"] is None or np.isnan(d["r"]):
         return "undefined"
     if np.isnan(d["lo"]):
-        return f"{d['r']:.2f}"
+        return f"{d['r']:.2f} (no interval: too few distinct resamples)"
     return f"{d['r']:.2f} [{d['lo']:.2f}, {d['hi']:.2f}]"
+
+
+class Prose(str):
+    """A string whose plain-text form is itself, not its repr: glued into a sentence it reads
+    `reproduced`, not `'reproduced'` (myst-nb renders a glued value's text/plain)."""
+
+    def __repr__(self) -> str:
+        return str.__str__(self)
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        p.text(str.__str__(self))
+
+
+def glue(name: str, value) -> None:
+    """`myst_nb.glue(name, value, display=False)`, strings as `Prose` (no quotes in the prose)."""
+    from myst_nb import glue as _glue
+    _glue(name, Prose(value) if isinstance(value, str) else value, display=False)
