@@ -123,8 +123,10 @@ def _hue_matrix(angle: torch.Tensor) -> torch.Tensor:
 class FastTrainViews(TrainDataset):
     """TrainDataset whose items are cheap (see the module docstring); use with `BatchViews`."""
 
-    def __init__(self, manifest, root=None, *, audio_neighbours: np.ndarray | None = None, **kw):
+    def __init__(self, manifest, root=None, *, audio_neighbours: np.ndarray | None = None,
+                 audio_shift: bool = False, **kw):
         kw["frontend"] = "logmel"
+        self.audio_shift = audio_shift     # a / a_conc at a random offset too (not only a_aug)
         super().__init__(manifest, root, **kw)
         if audio_neighbours is not None:
             audio_neighbours = np.asarray(audio_neighbours)
@@ -162,8 +164,9 @@ class FastTrainViews(TrainDataset):
 
     def __getitem__(self, i: int) -> dict:
         rng = self.rng()
+        spec = self._shifted(i, rng) if self.audio_shift else self.specs[i]
         out = dict(index=i, id=self.items[i].id, image_u8=torch.from_numpy(self.store.images[i]).permute(2, 0, 1),
-                   spec=self.specs[i], spec_aug=self._shifted(i, rng))
+                   spec=spec, spec_aug=self._shifted(i, rng))
         if self.neighbours is not None:   # v_conc from the image table; a_conc from the audio table if any
             row = self.neighbours[i]
             j = int(row[rng.integers(len(row))])
@@ -171,22 +174,26 @@ class FastTrainViews(TrainDataset):
             if self.audio_neighbours is not None:
                 row = self.audio_neighbours[i]
                 j = int(row[rng.integers(len(row))])
-            out["spec_conc"] = self.specs[j]
+            out["spec_conc"] = self._shifted(j, rng) if self.audio_shift else self.specs[j]
         return out
 
 
 class BatchViews:
     """collate_fn: stack FastTrainViews items, then image / image_aug / image_conc on the batch."""
 
-    def __init__(self, augment: bool = True, **simclr):
+    def __init__(self, augment: bool = True, anchor: dict | None = None, **simclr):
+        """anchor: crop/flip of v and v_conc ({scale, ratio, flip_p}); None = plain frames."""
         self.augment, self.simclr = augment, simclr
+        self.anchor = None if anchor is None else {"scale": (0.6, 1.0), **anchor, "jitter_p": 0.0,
+                                                   "grayscale_p": 0.0, "blur_p": 0.0}
 
     def __call__(self, items: list[dict]) -> dict:
         b = collate(items)
         x = b.pop("image_u8").float().div_(255)                    # [B, 3, S, S]
-        b["image"] = normalize(x)
+        b["image"] = normalize(batch_simclr(x, **self.anchor) if self.anchor else x)
         if self.augment:
             b["image_aug"] = normalize(batch_simclr(x, **self.simclr))
         if "image_conc_u8" in b:
-            b["image_conc"] = normalize(b.pop("image_conc_u8").float().div_(255))
+            xc = b.pop("image_conc_u8").float().div_(255)
+            b["image_conc"] = normalize(batch_simclr(xc, **self.anchor) if self.anchor else xc)
         return b

@@ -75,6 +75,11 @@ class DataConfig:
     curriculum_dir: str | None = None    # set used for the first `curriculum_steps` steps (e.g. single_train)
     fast_views: bool = True              # batch_views: augmentation on whole batches (logmel front-end only)
     augment: dict = field(default_factory=dict)   # batch_simclr overrides, e.g. {scale: [0.3, 1.0]}
+    # Light training augmentation of the anchor views (fast views only; every method alike), so a
+    # fixed set of rendered scenes is not replayed pixel-identical each epoch: {scale: [0.6, 1.0],
+    # flip_p: 0.5} crops/flips v and v_conc, {audio_shift: true} draws a and a_conc at a random
+    # offset of their clip. Empty = the paper's plain frames and fixed windows.
+    anchor_augment: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)   # extra keyword arguments for the dataset
 
 
@@ -265,6 +270,8 @@ def build_dataset(cfg: TrainConfig, set_dir: str | None, with_conc: bool) -> Dat
         return SyntheticAV(image_size=d.image_size, seed=cfg.seed, **d.options)
     if d.kind != "scenes":
         raise ValueError(f"TrainConfig.data.kind: expected 'scenes' or 'synthetic', got {d.kind!r}")
+    if d.anchor_augment and not uses_fast_views(cfg):
+        raise ValueError("TrainConfig.data.anchor_augment needs data.fast_views with the logmel front-end")
     if uses_fast_views(cfg):
         from avsl_core.batch_views import FastTrainViews as TrainDataset
     else:
@@ -282,8 +289,9 @@ def build_dataset(cfg: TrainConfig, set_dir: str | None, with_conc: bool) -> Dat
             if not uses_fast_views(cfg):
                 raise ValueError("audio_neighbours (a separate a_conc table) needs data.fast_views with logmel")
             tables["audio_neighbours"] = _load_table(cfg.audio_neighbours, cfg.neighbours_k)
+    extra = {"audio_shift": bool(d.anchor_augment.get("audio_shift"))} if uses_fast_views(cfg) else {}
     return TrainDataset(root / "manifest.jsonl", root, image_size=d.image_size, frontend=d.frontend,
-                        **tables, **d.options)
+                        **tables, **extra, **d.options)
 
 
 def _load_table(path: str, k: int | None = None) -> np.ndarray:
@@ -311,7 +319,9 @@ def make_collate(cfg: TrainConfig, method) -> Callable | None:
         from avsl_core.batch_views import BatchViews
         vis = method.views()[0] if hasattr(method, "views") else ["v", "v_aug"]
         aug = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.data.augment.items()}
-        return BatchViews(augment="v_aug" in vis, **aug)
+        anchor = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.data.anchor_augment.items()
+                  if k != "audio_shift"}
+        return BatchViews(augment="v_aug" in vis, anchor=anchor or None, **aug)
     from avsl_core.data.datasets import collate
     return collate
 
