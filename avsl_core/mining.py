@@ -5,7 +5,7 @@ pretrained image encoder (and, separately, a pretrained audio encoder), keeps th
 144K), and at each step draws one of the k uniformly as v_conc (resp. a_conc). This module does the
 search once, before training:
 
-    embeddings [N, D] --l2-normalise--> faiss IndexFlatIP (or IVF) --top-(k+1), drop self--> int32 [N, k]
+    embeddings [N, D] --l2-normalise--> exact blocked self-similarity + running top-k --> int32 [N, k]
 
 Row i of a table holds the indices (into the same manifest order) of item i's k nearest neighbours,
 most similar first, never i itself (excluded by index, so exact duplicates are handled).
@@ -14,19 +14,25 @@ embedding hashes, git commit) and reused by `load_or_build` when the metadata ma
 Embedders (what produces the [N, D] arrays) live in `avsl_core.embedders`; `embedders.mine_positives`
 runs the whole step (train or load the analogues, embed, build the tables).
 
-Speed (benchmarks/bench_knn.py, N = 144,000, D = 512, k = 1000, 2 threads): exact faiss IndexFlatIP is
-the faster exact method (1.55x chunked torch matmul + topk on the same data, identical tables); its
-speed depends on the OpenBLAS kernel faiss's bundled OpenBLAS picks (OPENBLAS_CORETYPE=Haswell was
-1.35x faster than the auto-detected "Zen"). The IVF option (nlist ~ sqrt(N)) scans its lists without
-BLAS, so on a CPU it pays off only when nprobe / nlist is ~1 % or less (millions of items); at 144K
-with nprobe = 32 it was no faster than the flat index and kept 58 % of the exact top-1000.
+Speed (benchmarks/bench_knn.py, N = 144,000, D = 512, k = 1000, 2 threads, on a machine shared with
+other jobs, load average 2 to 4): the exact "blocked" search (symmetric blocks: half the matmul FLOPs;
+running top-k behind a sampled floor; numpy's OpenBLAS, one thread per worker) took 194 CPU s (150
+matmul, 39 selection; CPU / 2 = 97 s is the projection for 2 idle cores, not observed) and 2.08 GiB
+peak; exact faiss IndexFlatIP took 393 CPU s and 1.61 GiB; the tables agreed (top-1 on all rows,
+top-1000 sets on 1,000 sampled rows: 1.0). Wall times there (245 s each) measured the other jobs more
+than the methods. The IVF option (nlist ~ sqrt(N)) scans its lists without BLAS, so on a CPU it pays
+off only when nprobe / nlist is ~1 % or less (millions of items); at 144K with nprobe = 32 it was no
+faster than the flat index and kept 58 % of the exact top-1000.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,10 +44,10 @@ from avsl_core.provenance import atomic_write_bytes, atomic_write_json, file_sha
 PAPER_TRAIN_SIZE = 144_000                 # VGGSound-144K / SoundNet-Flickr-144K (paper §4.1)
 PAPER_K = 1000                             # the paper's default k (Table 9: best)
 PAPER_TABLE9_K = (10, 30, 100, 500, 1000)  # Table 9 columns ("k in k-NN")
-DEFAULT_METHOD = "faiss"                   # faster than chunked torch here: benchmarks/bench_knn.py
+DEFAULT_METHOD = "blocked"                 # half faiss's CPU time here: benchmarks/bench_knn.py
 MODALITIES = ("image", "audio")
 TABLE_FORMAT = 1
-TORCH_CHUNK_BYTES = 512 << 20              # method="torch": at most this much for one [chunk, N] block
+TILE_ROWS = 512                            # method="blocked": rows per matmul tile ([512, 4096] fp32)
 
 
 # ----------------------------------------------------------------------------------------------- k
@@ -154,49 +160,17 @@ def _faiss_index(xn: np.ndarray, index: str, nlist: int | None, nprobe: int, see
     return ix
 
 
-def knn_self(emb: np.ndarray, k: int | float, *, method: str = DEFAULT_METHOD, index: str = "flat",
-             nlist: int | None = None, nprobe: int = 32, chunk: int = 4096, threads: int | None = None,
-             return_scores: bool = False, normalized: bool = False, seed: int = 0,
-             source: str | os.PathLike | None = None):
-    """Top-k cosine neighbours of every row among the other rows (self excluded by index).
-
-    emb: [N, D]; k: int or fraction of N (`resolve_k`). method: "faiss" (IndexFlatIP, or IndexIVFFlat
-    with nlist ~ sqrt(N) and `nprobe` lists probed when index="ivf") or "torch" (chunked matmul + topk,
-    exact). Queries run `chunk` rows at a time, so extra memory is O(chunk * (k + N)) for torch and
-    O(chunk * k) for faiss beyond the [N, D] index and the [N, k] result.
-    Returns int32 [N, k] (most similar first), and float32 [N, k] cosine scores if return_scores.
-    """
-    xn = np.ascontiguousarray(emb, np.float32) if normalized else l2_normalize(emb, source)
-    n = xn.shape[0]
-    k = resolve_k(k, n)
-    kk = k + 1
+def _knn_faiss(xn, k, index, nlist, nprobe, chunk, threads, seed, return_scores):
+    import faiss
+    if threads:
+        faiss.omp_set_num_threads(int(threads))
+    n, kk = len(xn), k + 1
     out_i = np.empty((n, k), np.int32)
     out_s = np.empty((n, k), np.float32) if return_scores else None
-    if method == "faiss":
-        import faiss
-        if threads:
-            faiss.omp_set_num_threads(int(threads))
-        ix = _faiss_index(xn, index, nlist, nprobe, seed)
-        search = lambda q: ix.search(q, kk)[::-1]                       # -> (I [B, k+1], D)
-    elif method == "torch":
-        import torch
-        if index != "flat":
-            raise ValueError("method='torch' is exact; index must be 'flat'")
-        if threads:
-            torch.set_num_threads(int(threads))
-        xt = torch.from_numpy(xn)
-        chunk = max(1, min(chunk, TORCH_CHUNK_BYTES // (4 * n)))     # sims block [chunk, N] bounded
-
-        def search(q):
-            with torch.no_grad():
-                sims = torch.from_numpy(q) @ xt.T                         # [B, N]
-                s, i = torch.topk(sims, kk, dim=1)                        # [B, k+1] sorted
-            return i.numpy(), s.numpy()
-    else:
-        raise ValueError(f"method must be 'faiss' or 'torch', got {method!r}")
+    ix = _faiss_index(xn, index, nlist, nprobe, seed)
     for a in range(0, n, chunk):
         b = min(n, a + chunk)
-        i_, s_ = search(xn[a:b])
+        s_, i_ = ix.search(xn[a:b], kk)                                # [B, k+1] each
         i_, s_ = _drop_self(i_.astype(np.int64, copy=False), s_, np.arange(a, b), k)
         out_i[a:b] = i_
         if out_s is not None:
@@ -212,6 +186,306 @@ def knn_self(emb: np.ndarray, k: int | float, *, method: str = DEFAULT_METHOD, i
             out_i[r] = i_
             if out_s is not None:
                 out_s[r] = s_
+    return out_i, out_s
+
+
+# Exact ranking keys: one int64 per (score, index) pair; larger = more similar, equal scores -> the
+# smaller index first. High 32 bits: the float32 score's bits as an order-preserving int32; low 32
+# bits: 2**32 - 1 - index. Selecting on keys makes ties deterministic and carries the index along.
+_EMPTY = np.iinfo(np.int64).min                # an unused slot, below every real key
+_MERGE_ROWS = 512                              # rows merged / converted at a time (bounded temporaries)
+_LOW32 = np.int64(0xFFFFFFFF)
+
+
+def _rank_keys(scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    hi = np.add(scores, np.float32(0), dtype=np.float32).view(np.int32).astype(np.int64)  # -0 -> +0
+    hi ^= (hi >> 63) & 0x7FFFFFFF                                   # negative floats: reverse order
+    hi <<= 32
+    hi += _LOW32 - idx
+    return hi
+
+
+def _key_scores(keys: np.ndarray) -> np.ndarray:
+    hi = keys >> 32
+    hi ^= (hi >> 63) & 0x7FFFFFFF
+    return hi.astype(np.int32).view(np.float32)
+
+
+def _key_indices(keys: np.ndarray) -> np.ndarray:
+    return (_LOW32 - (keys & _LOW32)).astype(np.int32)
+
+
+def _group_rank(t: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """For sorted row ids t: (count per row [n], rank of each entry within its row)."""
+    c = np.bincount(t, minlength=n)
+    return c, np.arange(len(t)) - np.repeat(np.cumsum(c) - c, c)
+
+
+class _RunningTopK:
+    """Running exact top-k of one row block: int64 keys [rows, k + buffer], unordered; a row whose
+    buffer overflows is cut back to its best k. `floor` = max(kth, est) filters new candidates."""
+
+    def __init__(self, rows: int, k: int, buffer: int):
+        self.k, self.cap = k, k + buffer
+        self.keys = np.full((rows, self.cap), _EMPTY)               # [rows, k + buffer]
+        self.count = np.zeros(rows, np.int64)
+        self.kth = np.full(rows, -np.inf, np.float32)   # k-th best score held: a sure lower bound
+        self.est = np.full(rows, -np.inf, np.float32)   # sampled estimate: checked in finish()
+        self.floor = np.full(rows, -np.inf, np.float32)
+        self.compactions = 0
+
+    def push(self, t: np.ndarray, keys: np.ndarray) -> None:
+        """Add candidates: local rows t (sorted ascending) and their keys."""
+        n, cap = len(self.count), self.cap
+        c, o = _group_rank(t, n)
+        pos = self.count[t] + o
+        fit = pos < cap
+        self.keys.reshape(-1)[t[fit] * cap + pos[fit]] = keys[fit]
+        self.count += c
+        if fit.all():
+            return
+        t, keys = t[~fit], keys[~fit]                               # rows that overflow: merge now
+        full = np.unique(t)
+        for a in range(0, len(full), _MERGE_ROWS):                  # bounded temporaries
+            rows = full[a:a + _MERGE_ROWS]
+            lo, hi = np.searchsorted(t, [rows[0], rows[-1] + 1])
+            at = np.searchsorted(rows, t[lo:hi])
+            c, o = _group_rank(at, len(rows))
+            e = np.full((len(rows), cap + int(c.max())), _EMPTY)    # [R, k + buffer + extra]
+            e[:, :cap] = self.keys[rows]
+            e[at, cap + o] = keys[lo:hi]
+            e.partition(e.shape[1] - self.k, axis=1)
+            self.keys[rows, :self.k] = e[:, -self.k:]
+            self.keys[rows, self.k:] = _EMPTY
+            self.count[rows] = self.k
+            kth = e[:, -self.k]
+            self.kth[rows] = np.where(kth == _EMPTY, -np.inf, _key_scores(kth))
+            self.floor[rows] = np.maximum(self.kth[rows], self.est[rows])
+        self.compactions += len(full)
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys int64 [rows, k] best first, exact bool [rows]); a row is exact when it holds k keys
+        and its k-th score is >= est, i.e. the estimate never filtered out a true neighbour."""
+        self.keys.partition(self.cap - self.k, axis=1)
+        top = self.keys[:, self.cap - self.k:]
+        top.sort(axis=1)
+        top = top[:, ::-1]
+        last = top[:, -1]
+        return top, (last != _EMPTY) & (_key_scores(last) >= self.est)
+
+
+_BLAS_LOCAL = None                             # numpy's OpenBLAS openblas_set_num_threads_local, or False
+
+
+def _blas_one_thread() -> None:
+    """Worker initializer: numpy's OpenBLAS (0.3.27+ has a per-thread setting) runs this thread's
+    GEMMs on one core, so `workers` threads use `workers` cores. Other BLAS builds: left as they are."""
+    global _BLAS_LOCAL
+    if _BLAS_LOCAL is None:
+        import ctypes
+        import glob
+        found = False
+        libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*")
+        for lib in glob.glob(libs):
+            try:
+                found = ctypes.CDLL(lib).openblas_set_num_threads_local
+                break
+            except (OSError, AttributeError):
+                continue
+        _BLAS_LOCAL = found
+    if _BLAS_LOCAL:
+        _BLAS_LOCAL(1)
+
+
+def _knn_rows_exact(xp: np.ndarray, rows: np.ndarray, orig: np.ndarray, k: int, chunk: int = 64):
+    """Exact top-k keys [len(rows), k] of rows of xp against all of xp, self excluded: the fallback
+    for the rows whose sampled floor estimate was too high (_knn_blocked)."""
+    n = len(xp)
+    out = np.empty((len(rows), k), np.int64)
+    for a in range(0, len(rows), chunk):
+        r = rows[a:a + chunk]
+        s = xp[r] @ xp.T                                            # [B, N]
+        s[np.arange(len(r)), r] = -np.inf
+        th = np.partition(s, n - k, axis=1)[:, n - k]               # k-th score; ties all kept
+        i, j = np.nonzero(s >= th[:, None])
+        c, o = _group_rank(i, len(r))
+        e = np.full((len(r), int(c.max())), _EMPTY)
+        e[i, o] = _rank_keys(s[i, j], orig[j])
+        e.sort(axis=1)
+        out[a:a + chunk] = e[:, ::-1][:, :k]
+    return out
+
+
+def _knn_blocked(xp: np.ndarray, orig: np.ndarray, k: int, *, block: int = 4096, chunk: int = 512,
+                 buffer: int = 256, workers: int = 2, z: float = 3.0, return_scores: bool = False,
+                 stats: dict | None = None):
+    """Exact self top-k of unit rows xp [N, D] (row i is item orig[i]; rows should be in random
+    order) with half the matmul FLOPs: S = X X^T is symmetric, so only blocks i <= j are computed and
+    each serves row block i (S_ij) and row block j (S_ij^T). Each row keeps a running top-k of
+    rank keys (_RunningTopK); a block entry becomes a candidate only if it reaches the row's floor,
+    so selection handles ~1.3 k candidates per row instead of N. Order: score desc, original index asc.
+
+    Floors. The diagonal block of every row block is done first. With rows in random order it is a
+    uniform sample of s - 1 columns, so its score ranked r = kp + z sqrt(kp) + 1 (kp = k (s-1)/(N-1)
+    true neighbours expected in the sample) is below the row's true k-th score unless the sample is
+    unusually rich (Poisson tail, ~0.1 % of rows at z = 3). The floor max(kth, est) never exceeds
+    max(est, final k-th score), so a row with est <= its final k-th score kept every column scoring
+    >= the k-th; the other rows are recomputed against all N (_knn_rows_exact).
+
+    `workers` threads each run a one-thread GEMM (numpy's OpenBLAS; torch's MKL was ~25 % slower on
+    this AMD CPU) over [chunk, block] tiles and filter them; the main thread merges. Extra memory:
+    N (k + buffer) 8-byte keys, freed block by block, plus 6 bytes per tile entry per worker.
+    Returns (int32 [N, k], float32 [N, k] scores or None), rows in the original order.
+    """
+    n = len(xp)
+    nb = -(-n // block)
+    bounds = [int(b) for b in np.linspace(0, n, nb + 1).round()]   # near-equal row blocks
+    if nb > 1 and max(np.diff(bounds)) > 65535:
+        raise ValueError("block must be at most 65535 rows")
+    tops = [_RunningTopK(b - a, k, buffer) for a, b in zip(bounds[:-1], bounds[1:])]
+    cpu = {"mm": [], "tile": []}                                    # per-task thread CPU seconds
+    local = threading.local()
+
+    def tile(bi, bj):
+        """Candidates of block (bi, bj): rows of bi and keys, and off the diagonal rows of bj and keys."""
+        t0 = time.thread_time()
+        ai, si, aj, sj = bounds[bi], bounds[bi + 1] - bounds[bi], bounds[bj], bounds[bj + 1] - bounds[bj]
+        ti, tj, diag = tops[bi], tops[bj], bi == bj
+        if not hasattr(local, "s"):                                 # per-worker tile buffers, reused
+            size = min(chunk, max(np.diff(bounds))) * max(np.diff(bounds))
+            local.s, local.m1, local.m2 = (np.empty(size, t) for t in (np.float32, bool, bool))
+        ri, ki, rj, kj, mm = [], [], [], [], 0.0
+        for a in range(0, si, chunk):
+            h = min(chunk, si - a)
+            c0 = time.thread_time()
+            s, m1, m2 = (b[:h * sj].reshape(h, sj) for b in (local.s, local.m1, local.m2))
+            np.matmul(xp[ai + a:ai + a + h], xp[aj:aj + sj].T, out=s)            # [h, sj] scores
+            mm += time.thread_time() - c0
+            if diag:
+                s[np.arange(h), a + np.arange(h)] = -np.inf         # self
+                kp = k * (sj - 1) / (n - 1)
+                r = int(np.ceil(kp + z * np.sqrt(kp))) + 1
+                if nb > 1 and 1 <= r < sj - 1:
+                    ti.est[a:a + h] = np.partition(s, sj - r, axis=1)[:, sj - r]
+                    ti.floor[a:a + h] = np.maximum(ti.kth[a:a + h], ti.est[a:a + h])
+            fr = ti.floor[a:a + h].copy()                           # snapshots: a stale floor is lower
+            np.greater_equal(s, fr[:, None], out=m1)
+            if not diag:
+                fc = tj.floor.copy()
+                np.greater_equal(s, fc, out=m2)
+                np.bitwise_or(m1, m2, out=m1)
+            f = np.flatnonzero(m1)
+            v = s.reshape(-1)[f]
+            r, c = np.divmod(f, sj)
+            ok = (r + a != c) if diag else (v >= fr[r])
+            ri.append(r[ok] + a)
+            ki.append(_rank_keys(v[ok], orig[aj + c[ok]]))
+            if not diag:
+                ok = v >= fc[c]
+                rj.append(c[ok])
+                kj.append(_rank_keys(v[ok], orig[ai + a + r[ok]]))
+        out = [np.concatenate(ri), np.concatenate(ki)]
+        if not diag:
+            rj, kj = np.concatenate(rj), np.concatenate(kj)
+            o = np.argsort(rj.astype(np.uint16), kind="stable")    # radix sort: group by row
+            out += [rj[o], kj[o]]
+        cpu["mm"].append(mm)
+        cpu["tile"].append(time.thread_time() - t0)
+        return out
+
+    done = [None] * nb                          # per block: (int32 [s, k], float32 [s, k] or None)
+    redo, acc = [], {"candidates": 0, "compactions": 0}
+
+    def push(b, rows, keys):
+        acc["candidates"] += len(rows)
+        tops[b].push(rows, keys)
+
+    def finish(b):
+        keys, exact = tops[b].finish()
+        acc["compactions"] += tops[b].compactions
+        done[b] = (np.concatenate([_key_indices(keys[a:a + _MERGE_ROWS])
+                                   for a in range(0, len(keys), _MERGE_ROWS)]),
+                   _key_scores(keys) if return_scores else None)
+        tops[b] = None                                              # free its keys
+        redo.append(bounds[b] + np.flatnonzero(~exact))
+
+    main0 = time.thread_time()
+    pairs = [(bi, bj) for bi in range(nb) for bj in range(bi + 1, nb)]
+    with ThreadPoolExecutor(workers, initializer=_blas_one_thread) as ex:
+        for b, fut in enumerate([ex.submit(tile, b, b) for b in range(nb)]):
+            push(b, *fut.result())                                  # floors set before any S_ij
+        if nb == 1:
+            finish(0)
+        window = deque()
+        for p in pairs:
+            window.append((p, ex.submit(tile, *p)))
+            while len(window) > 2 * workers or (window and p is pairs[-1]):
+                (bi, bj), fut = window.popleft()
+                r_i, k_i, r_j, k_j = fut.result()
+                push(bi, r_i, k_i)
+                push(bj, r_j, k_j)
+                if bj == nb - 1:                                    # row block bi is complete
+                    finish(bi)
+                    if bi == nb - 2:
+                        finish(bj)
+    main = time.thread_time() - main0
+    # Results in the original row order, assembled only now: numpy backs big arrays with huge pages,
+    # so scattering rows into `idx` while the running keys were alive would make all of it resident.
+    idx = np.empty((n, k), np.int32)
+    scores = np.empty((n, k), np.float32) if return_scores else None
+    for b in range(nb):
+        rows = orig[bounds[b]:bounds[b + 1]]
+        idx[rows] = done[b][0]
+        if scores is not None:
+            scores[rows] = done[b][1]
+        done[b] = None
+    redo = np.concatenate(redo)
+    t0 = time.perf_counter()
+    if len(redo):
+        keys = _knn_rows_exact(xp, redo, orig, k)
+        idx[orig[redo]] = _key_indices(keys)
+        if scores is not None:
+            scores[orig[redo]] = _key_scores(keys)
+    if stats is not None:
+        stats.update(acc, blocks=nb, block_rows=int(np.diff(bounds).max()), workers=workers,
+                     candidates_per_row=acc["candidates"] / n, redo_rows=int(len(redo)),
+                     redo_s=time.perf_counter() - t0, matmul_cpu_s=sum(cpu["mm"]),
+                     select_cpu_s=sum(cpu["tile"]) - sum(cpu["mm"]) + main)
+    return idx, scores
+
+
+def knn_self(emb: np.ndarray, k: int | float, *, method: str = DEFAULT_METHOD, index: str = "flat",
+             nlist: int | None = None, nprobe: int = 32, chunk: int = 4096, threads: int | None = None,
+             return_scores: bool = False, normalized: bool = False, seed: int = 0,
+             source: str | os.PathLike | None = None, stats: dict | None = None):
+    """Top-k cosine neighbours of every row among the other rows (self excluded by index).
+
+    emb: [N, D]; k: int or fraction of N (`resolve_k`). method:
+      "blocked" (exact; "torch" is its former name): symmetric blocked matmul with a running top-k
+        (`_knn_blocked`); equal scores are ordered by the smaller index; `threads` worker threads
+        (default: the usable cores); `chunk` caps the rows of a matmul tile; `seed` shuffles the
+        rows into blocks (the result does not depend on it); `stats`, a dict, gets timings/counters.
+      "faiss": IndexFlatIP (exact; ties in faiss's order), or IndexIVFFlat with nlist ~ sqrt(N) and
+        `nprobe` lists probed when index="ivf"; `chunk` queries at a time, `threads` OpenMP threads.
+    Returns int32 [N, k] (most similar first), and float32 [N, k] cosine scores if return_scores.
+    """
+    xn = np.ascontiguousarray(emb, np.float32) if normalized else l2_normalize(emb, source)
+    n = xn.shape[0]
+    k = resolve_k(k, n)
+    if method == "faiss":
+        out_i, out_s = _knn_faiss(xn, k, index, nlist, nprobe, chunk, threads, seed, return_scores)
+    elif method in ("blocked", "torch"):
+        if index != "flat":
+            raise ValueError(f"method={method!r} is exact; index must be 'flat'")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        perm = np.random.default_rng(seed).permutation(n)           # random blocks: see _knn_blocked
+        xp = xn[perm]
+        del xn                                                      # one [N, D] copy, rows shuffled
+        out_i, out_s = _knn_blocked(xp, perm, k, chunk=min(chunk, TILE_ROWS),
+                                    workers=int(threads or cores or 1), return_scores=return_scores,
+                                    stats=stats)
+    else:
+        raise ValueError(f"method must be 'blocked' (alias 'torch') or 'faiss', got {method!r}")
     return (out_i, out_s) if return_scores else out_i
 
 

@@ -19,7 +19,7 @@ def axis_clusters(n_axes=4, per=5, dim=8, noise=0.01, seed=0):
     return x.astype(np.float32), np.repeat(np.arange(n_axes), per)
 
 
-@pytest.mark.parametrize("method", ["faiss", "torch"])
+@pytest.mark.parametrize("method", ["faiss", "blocked"])
 def test_neighbours_known_by_construction(method):
     x, lab = axis_clusters()
     idx, sc = knn_self(x * 7.0, 4, method=method, return_scores=True, chunk=3)   # scale-free, chunked
@@ -31,11 +31,11 @@ def test_neighbours_known_by_construction(method):
     assert precision_at_k(idx, lab) == 1.0
 
 
-def test_faiss_and_torch_agree_and_ivf_matches_flat_when_probing_all_lists():
+def test_faiss_and_blocked_agree_and_ivf_matches_flat_when_probing_all_lists():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((600, 16)).astype(np.float32)
     a = knn_self(x, 10, method="faiss")
-    b = knn_self(x, 10, method="torch", chunk=128)
+    b = knn_self(x, 10, method="blocked", chunk=128)
     assert (a[:, 0] == b[:, 0]).mean() > 0.99
     assert np.mean([len(set(a[i]) & set(b[i])) / 10 for i in range(600)]) > 0.99
     c = knn_self(x, 10, method="faiss", index="ivf", nlist=8, nprobe=8)       # exhaustive IVF
@@ -52,7 +52,7 @@ def test_ivf_rows_with_too_few_candidates_are_completed_exactly():
 
 def test_duplicates_are_excluded_by_index_not_by_score():
     x = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [0.1, 1]], np.float32)   # rows 0-2 identical
-    for method in ("faiss", "torch"):
+    for method in ("faiss", "blocked"):
         idx = knn_self(x, 2, method=method)
         for i in range(3):
             assert i not in idx[i] and set(idx[i]) == {0, 1, 2} - {i}
