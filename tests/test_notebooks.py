@@ -50,6 +50,10 @@ def test_book_builds_offline_with_every_page(smoke_run):
             assert page.exists(), f"page {f} was not built"
             text = page.read_text()
             assert "{glue" not in text, f"{f}: a glue reference did not resolve"
+            # glued values render as plain text: no numpy reprs, no quoted strings
+            pasted = re.findall(r'<span class="pasted-text">(.*?)</span>', text)
+            bad = [p for p in pasted if re.match(r"np\.\w+\(|['\u2018\u2019\"]", p)]
+            assert not bad, f"{f}: glued values render as reprs: {bad[:3]}"
     for js in ("require.js", "embed-amd.js"):
         assert (html_dir / "_static" / js).exists()
     pages = "".join(p.read_text() for p in html_dir.rglob("*.html"))
