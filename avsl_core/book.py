@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from avsl_core import real_data
 from avsl_core.config import repo_root
 
 FLOORS = ("floor_centre", "floor_random", "floor_objectness")
@@ -17,7 +18,8 @@ FLOOR_NAMES = {"floor_centre": "centre prior", "floor_random": "random map",
 REGIME_NAMES = {"test_seen": "seen-asset", "test_heldout": "held-out-file",
                 "test_unheard_split1": "unheard (split 1)", "test_unheard_split2": "unheard (split 2)",
                 "single_test": "single-object", "test_seen_split2": "seen-asset (split 2)",
-                "test_heldout_split2": "held-out-file (split 2)"}
+                "test_heldout_split2": "held-out-file (split 2)",
+                **{name: t["title"] for name, t in real_data.TEST_SETS.items()}}   # a data root's sets
 
 
 def load_results(runs_dir: str | Path) -> pd.DataFrame:

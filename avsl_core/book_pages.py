@@ -9,7 +9,8 @@ long table of `book.load_results`, and turns them into the pages' tables, correl
   the run's `method` field or its name), plus the runs only the full profile trains.
 * `method_table`: rows = runs (floors last), columns = (regime, label), "value [lo, hi]" cells; a run
   that this profile did not train is a row saying so, never dropped.
-* `beside_paper`: the paper's numbers and ours in one table, rows matched by method.
+* `beside_paper`: the paper's numbers and ours in one table, rows matched by method;
+  `real_beside_paper`: the same for a data root's `real_<run>` models on its real test sets.
 * `combine_verdicts`, `verdict_grid`: one explicit rule for pages with several cells per claim.
 * `correlation`, `discordance`: the localization-versus-retrieval analysis across trained models.
 * `seed_groups`, `seed_spread`: runs named `<name>_seed<N>`.
@@ -157,6 +158,26 @@ def beside_paper(paper: pd.DataFrame, ours: pd.DataFrame, mapping=None) -> pd.Da
     shown = dict(zip(keys, labels))
     joined.index = [shown.get(k, display_name(k)) for k in joined.index]
     return joined.fillna("–")
+
+
+def real_names(res: pd.DataFrame) -> list[str]:
+    """The `real_<method>` runs with results (a data root's main runs, trained on its VGGSound
+    manifest; avsl_core.real_data), in MAIN_METHODS order."""
+    have = set(res.model.unique())
+    return [f"real_{m}" for m in MAIN_METHODS if f"real_{m}" in have]
+
+
+def real_beside_paper(res: pd.DataFrame, paper: pd.DataFrame, test_sets, columns,
+                      floors: bool = True) -> pd.DataFrame | None:
+    """The `real_<run>` models and the floors on those of the data root's `test_sets` that have results,
+    beside the paper's rows (`beside_paper`, matched by method: `real_ours` on the paper's "Ours" row);
+    None when no such set has results (a run without a data root)."""
+    sets = [s for s in test_sets if (res.test_set == s).any()]
+    if not sets:
+        return None
+    ours = method_table(res, sets, columns, names=real_names(res), floors=floors, pretty=False)
+    ours.index = [n.removeprefix("real_") for n in ours.index]
+    return beside_paper(paper, ours)
 
 
 def negatives(runs_dir: str | Path, test_sets) -> pd.DataFrame:

@@ -20,14 +20,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from avsl_core import book
+from avsl_core import book, real_data
 from avsl_core.errors import DataError
 
 METHODS = {"ours": "Ours", "attention10k": "Attention10k", "lvs": "LVS", "ezvsl": "EZ-VSL",
            "slavc": "SLAVC"}                               # run method -> the paper's name for it
 TEST_SETS = {"train": ("test_seen", "test_heldout", "test_unheard_split1"),
              "single_train": ("single_test",),
-             "train_split2": ("test_seen_split2", "test_heldout_split2", "test_unheard_split2")}
+             "train_split2": ("test_seen_split2", "test_heldout_split2", "test_unheard_split2"),
+             real_data.TRAIN_SET: tuple(real_data.TEST_SETS)}   # a data root's real_<run> runs
 SWITCHES = ("semantic", "multi_view", "feature_alignment")
 SWITCH_NAMES = {"semantic": "semantic", "multi_view": "multi-view",
                 "feature_alignment": "feature alignment"}

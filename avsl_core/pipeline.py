@@ -7,6 +7,13 @@ each step to `runs/<profile>/timings.json`.
 
 A step is skipped when its key is unchanged: the hash of the notebook source, its parameters for
 the profile, the package source (`avsl_core/**/*.py`) and the keys of the steps it depends on.
+
+`--data-root DIR` (or `AVSL_DATA_ROOT`; `make book DATA_ROOT=DIR`) adds the real datasets named by
+`DIR/datasets.yaml` (`avsl_core.real_data`, validated before any step runs): the steps of
+`DATA_ROOT_STEPS` get a `data_root` parameter, their keys also hold `real_data.fingerprint` (the
+resolved root and the sha256 of datasets.yaml and of every manifest it lists, so a changed manifest
+reruns them and, through the dependency keys, every page), and the run goes to `runs/<profile>-real/`,
+apart from the AVScenes-only run of the same profile.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from avsl_core.config import load_profile, repo_root
+from avsl_core.errors import DataError
 from avsl_core.provenance import atomic_write_text, git_commit
 
 
@@ -54,6 +62,10 @@ STEPS: tuple[Step, ...] = (
 )
 
 
+# Steps that read the data root (the others see it through their dependencies' keys).
+DATA_ROOT_STEPS = ("00_prepare_data", "15_mine_positives", "20_train", "30_evaluate")
+
+
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -67,27 +79,48 @@ def code_hash(root: Path) -> str:
     return h.hexdigest()
 
 
-def step_key(root: Path, step: Step, params: dict, dep_keys: dict[str, str], code: str) -> str:
+def step_key(root: Path, step: Step, params: dict, dep_keys: dict[str, str], code: str,
+             data: dict | None = None) -> str:
+    """`data`: `real_data.fingerprint` of the data root, for the steps that read it."""
     nb = (root / "notebooks" / f"{step.name}.ipynb").read_bytes()
-    payload = json.dumps({"nb": _sha(nb), "params": params, "deps": [dep_keys[d] for d in step.deps],
-                          "code": code}, sort_keys=True)
-    return _sha(payload.encode())
+    content = {"nb": _sha(nb), "params": params, "deps": [dep_keys[d] for d in step.deps], "code": code}
+    if data is not None:
+        content["data"] = data
+    return _sha(json.dumps(content, sort_keys=True).encode())
 
 
-def params_for(profile: dict, step: Step) -> dict:
-    """Common parameters (profile, seed, paths) plus the step's own section of the profile file."""
+def params_for(profile: dict, step: Step, data_root: str | None = None) -> dict:
+    """Common parameters (profile, seed, paths) plus the step's own section of the profile file, and
+    `data_root` for the steps of DATA_ROOT_STEPS when a data root is given."""
     common = {"profile": profile["profile"], "seed": int(profile.get("seed", 0))}
     own = dict(profile.get("notebooks", {}).get(step.name, {}) or {})
-    return {**common, **own}
+    extra = {"data_root": str(data_root)} if data_root and step.name in DATA_ROOT_STEPS else {}
+    return {**common, **own, **extra}
+
+
+def default_runs_dir(root: Path, profile_name: str, data_root=None) -> Path:
+    """`runs/<profile>/`, or `runs/<profile>-real/` for a run with a data root."""
+    return root / "runs" / (f"{profile_name}-real" if data_root else profile_name)
 
 
 def run(profile_name: str, *, only: list[str] | None = None, force: bool = False,
-        runs_dir: Path | None = None, book_dir: Path | None = None, log=print) -> list[dict]:
+        runs_dir: Path | None = None, book_dir: Path | None = None, data_root=None,
+        overrides: dict[str, dict] | None = None, log=print) -> list[dict]:
+    """Run the steps (see the module docstring). `data_root`: a folder with datasets.yaml
+    (`avsl_core.real_data`); `overrides`: {step name: {parameter: value}} on top of the profile's
+    parameters (scripts and tests: e.g. fewer runs), part of the step keys like any parameter."""
     import papermill as pm  # imported here: the module is also imported by tests without a kernel
 
     root = repo_root()
     profile = load_profile(profile_name)
-    out_dir = Path(runs_dir or root / "runs" / profile_name)
+    data = None
+    if data_root:
+        from avsl_core import real_data
+        spec = real_data.load_spec(data_root)          # DataError naming datasets.yaml before any step
+        data_root, data = spec.root, real_data.fingerprint(spec)
+        log(f"[pipeline] data root {spec.root}: training manifest {spec.train.manifest}, "
+            f"test sets {', '.join(spec.tests)}")
+    out_dir = Path(runs_dir or default_runs_dir(root, profile_name, data_root))
     book_dir = Path(book_dir or root / "book" / "generated")
     (out_dir / ".stamps").mkdir(parents=True, exist_ok=True)
     book_dir.mkdir(parents=True, exist_ok=True)
@@ -96,13 +129,14 @@ def run(profile_name: str, *, only: list[str] | None = None, force: bool = False
     records = []
     timings = out_dir / "timings.json"
     history = json.loads(timings.read_text()) if timings.exists() else []
-    history.append({"profile": profile_name, "time": time.time(), "git_commit": git_commit(), "steps": records})
+    history.append({"profile": profile_name, "time": time.time(), "git_commit": git_commit(),
+                    "data_root": str(data_root) if data_root else None, "steps": records})
 
     def save_timings():   # after every step, so later steps (the appendix) can read it
         atomic_write_text(timings, json.dumps(history, indent=1))
     for step in STEPS:
-        params = params_for(profile, step)
-        key = step_key(root, step, params, keys, code)
+        params = {**params_for(profile, step, data_root), **(overrides or {}).get(step.name, {})}
+        key = step_key(root, step, params, keys, code, data if step.name in DATA_ROOT_STEPS else None)
         keys[step.name] = key
         out_nb = out_dir / f"{step.name}.ipynb"
         stamp = out_dir / ".stamps" / f"{step.name}.json"
@@ -138,9 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="rerun even when the inputs are unchanged")
     ap.add_argument("--runs-dir", type=Path)
     ap.add_argument("--book-dir", type=Path)
+    ap.add_argument("--data-root", default=os.environ.get("AVSL_DATA_ROOT") or None,
+                    help="folder with datasets.yaml naming real manifests (avsl_core.real_data); "
+                         "runs go to runs/<profile>-real/ (default: $AVSL_DATA_ROOT)")
     a = ap.parse_args(argv)
     t0 = time.time()
-    run(a.profile, only=a.only, force=a.force, runs_dir=a.runs_dir, book_dir=a.book_dir)
+    try:
+        run(a.profile, only=a.only, force=a.force, runs_dir=a.runs_dir, book_dir=a.book_dir,
+            data_root=a.data_root)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"[pipeline] profile {a.profile} finished in {time.time() - t0:.1f} s")
     return 0
 
