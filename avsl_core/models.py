@@ -24,6 +24,7 @@ from torchvision.models.resnet import BasicBlock, conv1x1
 from avsl_core.errors import DataError
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_STOPS = ("layer2", "layer3", "layer4")
 
 
 @dataclass(frozen=True)
@@ -32,26 +33,31 @@ class ModelConfig:
 
     width: float = 1.0                 # channel multiplier: stage widths round(64·width)·[1, 2, 4, 8]
     vision_layer4_stride: int = 2      # 2 = torchvision ResNet18 (7×7 at 224); 1 = LVS layout (14×14)
-    vision_stop_at: str = "layer4"     # "layer4" | "layer3" (layer3: stride 16, 4·base channels)
+    vision_stop_at: str = "layer4"     # "layer4" | "layer3" (stride 16, 4·base channels) | "layer2" (stride 8, 2·base)
     padding_mode: str = "zeros"        # padding of every padded conv, both trunks ("reflect": no border artefacts)
     embed_dim: int | None = None       # c; None = the vision trunk's last stage width (no projection)
     head_hidden: int | None = None     # hidden width of p_v / p_a; None = c
     head_dim: int = 128                # output width d of p_v / p_a (SimCLR: 128)
     audio_in_channels: int = 1         # spectrogram channels
+    # "auto": a 1×1 conv on V / a linear on a only where a trunk's width differs from c (the authors'
+    # layout: none); "both": always both (EZ-VSL's layout: signed features on both sides of Eq. 3).
+    projection: str = "auto"
 
     def __post_init__(self):
         if not self.width > 0:
             raise ValueError(f"ModelConfig.width: expected > 0, got {self.width!r}")
         if self.vision_layer4_stride not in (1, 2):
             raise ValueError(f"ModelConfig.vision_layer4_stride: expected 1 or 2, got {self.vision_layer4_stride!r}")
-        if self.vision_stop_at not in ("layer3", "layer4"):
-            raise ValueError(f"ModelConfig.vision_stop_at: expected 'layer3' or 'layer4', got {self.vision_stop_at!r}")
+        if self.vision_stop_at not in _STOPS:
+            raise ValueError(f"ModelConfig.vision_stop_at: expected one of {_STOPS}, got {self.vision_stop_at!r}")
         if self.padding_mode not in _PADDING_MODES:
             raise ValueError(f"ModelConfig.padding_mode: expected one of {_PADDING_MODES}, got {self.padding_mode!r}")
         for name in ("embed_dim", "head_hidden"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"ModelConfig.{name}: expected a positive int or None, got {v!r}")
+        if self.projection not in ("auto", "both"):
+            raise ValueError(f"ModelConfig.projection: expected 'auto' or 'both', got {self.projection!r}")
         if not isinstance(self.head_dim, int) or self.head_dim < 1:
             raise ValueError(f"ModelConfig.head_dim: expected a positive int, got {self.head_dim!r}")
         if not isinstance(self.audio_in_channels, int) or self.audio_in_channels < 1:
@@ -65,7 +71,7 @@ class ModelConfig:
     @property
     def vision_width(self) -> int:
         """Channels of the vision trunk's last stage (before any projection)."""
-        return self.base_width * (8 if self.vision_stop_at == "layer4" else 4)
+        return self.base_width * {"layer4": 8, "layer3": 4, "layer2": 2}[self.vision_stop_at]
 
     @property
     def audio_width(self) -> int:
@@ -106,7 +112,7 @@ class ResNet18Trunk(nn.Module):
         self._inplanes = base
         self.layer1 = self._make_layer(base, stride=1)
         self.layer2 = self._make_layer(base * 2, stride=2)
-        self.layer3 = self._make_layer(base * 4, stride=2)
+        self.layer3 = self._make_layer(base * 4, stride=2) if stop_at != "layer2" else None
         self.layer4 = self._make_layer(base * 8, stride=layer4_stride) if stop_at == "layer4" else None
         self.out_channels = self._inplanes
         for m in self.modules():
@@ -129,10 +135,12 @@ class ResNet18Trunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer3(self.layer2(self.layer1(x)))
+        x = self.layer2(self.layer1(x))
+        if self.layer3 is not None:
+            x = self.layer3(x)
         if self.layer4 is not None:
             x = self.layer4(x)
-        return x  # [B, C, H/32, W/32] (H/16 with layer4 stride 1 or stop at layer3)
+        return x  # [B, C, H/32, W/32] (H/16 with layer4 stride 1 or stop at layer3, H/8 at layer2)
 
 
 class _PadConv2d(nn.Conv2d):
@@ -162,9 +170,11 @@ class AVModel(nn.Module):
                                     cfg.padding_mode)
         self.audio = ResNet18Trunk(cfg.audio_in_channels, cfg.base_width, 2, "layer4", cfg.padding_mode)
         c = cfg.c
-        # 1×1 projections only where a trunk's width differs from c (never in the default layout).
-        self.vision_proj = nn.Conv2d(cfg.vision_width, c, 1) if cfg.vision_width != c else nn.Identity()
-        self.audio_proj = nn.Linear(cfg.audio_width, c) if cfg.audio_width != c else nn.Identity()
+        # 1×1 projections where a trunk's width differs from c (never in the default layout), or always
+        # with projection="both".
+        both = cfg.projection == "both"
+        self.vision_proj = nn.Conv2d(cfg.vision_width, c, 1) if both or cfg.vision_width != c else nn.Identity()
+        self.audio_proj = nn.Linear(cfg.audio_width, c) if both or cfg.audio_width != c else nn.Identity()
         hidden = cfg.head_hidden or c
         self.p_v = _mlp_head(c, hidden, cfg.head_dim)
         self.p_a = _mlp_head(c, hidden, cfg.head_dim)

@@ -62,6 +62,27 @@ def test_stop_at_layer3_projects_audio_to_vision_width():
     assert out["v_map"].shape == (2, 24, 2, 2) and out["a"].shape == (2, 24)
 
 
+def test_stop_at_layer2_gives_stride_8_map():
+    model = AVModel(dataclasses.replace(TINY, vision_stop_at="layer2")).eval()
+    img, spec = inputs(2, 64)
+    with torch.no_grad():
+        out = model(img, spec)
+    assert model.vision.layer3 is None and model.vision.layer4 is None
+    assert out["v_map"].shape == (2, 16, 8, 8) and out["a"].shape == (2, 16)
+    assert not any(k.startswith(("layer3", "layer4")) for k in model.vision.state_dict())
+
+
+def test_projection_both_adds_signed_projections_even_at_equal_widths():
+    auto = AVModel(dataclasses.replace(TINY, vision_stop_at="layer3", embed_dim=64))  # audio 64 = c
+    assert isinstance(auto.audio_proj, torch.nn.Identity) and isinstance(auto.vision_proj, torch.nn.Conv2d)
+    both = AVModel(dataclasses.replace(TINY, vision_stop_at="layer3", embed_dim=64, projection="both")).eval()
+    assert isinstance(both.audio_proj, torch.nn.Linear) and isinstance(both.vision_proj, torch.nn.Conv2d)
+    img, spec = inputs(2, 64)
+    with torch.no_grad():
+        out = both(img, spec)
+    assert out["v_map"].shape == (2, 64, 4, 4) and (out["v_map"] < 0).any() and (out["a"] < 0).any()
+
+
 def test_reflect_padding_sets_every_padded_conv_and_removes_border_artefacts():
     torch.manual_seed(0)
     zeros = AVModel(TINY).eval()
@@ -151,7 +172,9 @@ def test_config_validation_and_round_trip():
     cfg = ModelConfig(width=0.5, vision_layer4_stride=1, padding_mode="reflect", embed_dim=64)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="vision_stop_at"):
-        ModelConfig(vision_stop_at="layer2")
+        ModelConfig(vision_stop_at="layer1")
+    with pytest.raises(ValueError, match="projection"):
+        ModelConfig(projection="vision")
     with pytest.raises(ValueError, match="unknown"):
         ModelConfig.from_dict({"depth": 34})
 
