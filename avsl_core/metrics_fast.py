@@ -1,27 +1,41 @@
-"""The fast path: each protocol's binary prediction from float32 matmuls, proven equal to the exact path.
+"""The fast path: each protocol's binary prediction from float32 fast values, proven equal to the exact path.
 
 The exact path (:mod:`avsl_core.metrics_maps`: ``binarize(prepare(maps, protocol))``) upsamples with the
 exact operator, normalises in float32, thresholds at the value of sorted index N//2 and compares. This
-module computes the same bits an order of magnitude faster, for a batch of native maps:
+module computes the same bits more than an order of magnitude faster, for a batch of native maps:
 
-1. *Upsampling* by two float32 matmuls (the row stage for a block of maps in one matmul, the column
-   stage a chunk at a time). Per pixel the fast value is within ``eps`` of the exact one, a bound from the
-   matrices (:func:`_fast_op`). (Block-sparse column matmuls, each output tile reading only its 2-5 source
-   columns, measured no faster here: the matmul is bound by writing the 224×224 output.)
+1. *Upsampling* to float32 fast values, each within ``eps = err·max|M|`` of the exact one, a bound from
+   the matrices (:func:`_fast_op`): a float32 sum of the t_h non-zero products of U_h and of the t_w of
+   U_w per pixel, in any order.
 2. *Selection*. Normalising is monotone, so the threshold pixel is the one of rank N//2 in the fast map.
-   A value bracket [a, b] around that rank comes from a sub-sample (every 4th row and column, selected by
-   np.partition); two compares, counted, check that the rank lies inside the bracket, and the few pixels
-   inside it (~1 %) are gathered (a sparse scan) and sorted. The pixels above b are packed as they are.
+   A value bracket [a, b] around that rank comes from the ranks k0, k1 of a sub-sample (every 4th row from
+   row 1 and column from column 2); counting checks that rank N//2 lies inside the bracket (else it is
+   widened once, to ranks w0, w1), and the few pixels inside it (~1 %, the band) are gathered with their
+   fast values. The pixels above b are packed as they are.
 3. *Exactness*. Only where floating point could change the answer are exact values computed
-   (:mod:`avsl_core.metrics_fast_ties`): pixels whose fast values lie within beta = 2·eps + merge of the
-   threshold pixel, chained (merge: the widest gap that the float32 normalisation can close). Maps the
-   argument cannot settle cheaply (a constant map, a cluster of > _CLUSTER_WIN near-tied pixels either side,
-   a bracket missed twice) take the exact path whole.
+   (:mod:`avsl_core.metrics_fast_ties`, :func:`_settle`): pixels whose fast values lie within beta = 2·eps +
+   merge of the threshold pixel, chained (merge: the widest gap that the float32 normalisation can close).
+   Maps the argument cannot settle cheaply (a constant map, a cluster of > _CLUSTER_WIN near-tied pixels
+   either side, a bracket missed twice, a band of more than _BAND_MAX pixels) take the exact path whole.
 
-Steps 1-2 run chunk by chunk (a few maps at a time: ~35 numpy calls a chunk against cache misses), step 3
-once per block of maps (vectorised over the block). ``workers`` > 1 splits the blocks over threads (torch
-and numpy release the GIL; each thread keeps one torch thread, since OpenMP threads spin at barriers when
-the other core is busy). That only pays where a core is idle.
+Two implementations of steps 1-2 give the same outputs for the same fast values (tested):
+
+* *The kernel* (:mod:`avsl_core.metrics_kernel`, numba; used when numba imports, ``USE_KERNEL``): one map at
+  a time, the column stage M @ U_w.T then each row from the non-zero weights of U_h (vectorised over x;
+  the same bound, computed in that order), the sub-sample's ranks by counting passes, and one pass over the
+  pixels that writes the packed ``u > b`` row and the band. With ``KERNEL_SETTLE`` it also does step 1 of
+  _settle (the maps whose threshold value is alone within beta: ~55-75 % of random maps) and narrows the
+  other bands to _CLUSTER_WIN + 1 ranks either side of rank N//2, which leaves _settle's decisions as
+  they are (:func:`~avsl_core.metrics_kernel._narrow`); _settle then sees only the remaining maps, a whole
+  block of up to _KERNEL_BLOCK maps at a time (its calls have a fixed cost of ~1 ms).
+* *The numpy path* (:func:`_bracket_chunk`): two float32 matmuls (the row stage for a block of maps in one
+  matmul, the column stage a chunk at a time), the sub-sample's ranks by np.partition, two full compares,
+  a sparse band scan; chunk by chunk (a few maps at a time: ~35 numpy calls a chunk against cache
+  misses), step 3 per block of _BLOCK maps.
+
+``workers`` > 1 splits the blocks over threads (the kernel, torch and numpy release the GIL; each thread
+keeps one torch thread, since OpenMP threads spin at barriers when the other core is busy). That only pays
+where a core is idle.
 """
 from __future__ import annotations
 
@@ -32,16 +46,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from avsl_core import metrics_kernel as _K
 from avsl_core.metrics_ciou import ciou_from_packed, popcount_packed
-from avsl_core.metrics_fast_ties import _U32, _exact_values, _f32_down, _f32_up, _merge_width, _or_bits, _settle
+from avsl_core.metrics_fast_ties import (_CLUSTER_WIN, _U32, _exact_values, _f32_down, _f32_up, _merge_width, _or_bits,
+                                         _settle)
 from avsl_core.metrics_maps import as_rows, binarize, prepare, upsample_matrices
 from avsl_core.metrics_protocol import EVAL_SIZE, Protocol, get_protocol
+
+USE_KERNEL = _K.HAVE_NUMBA  # steps 1-2 by the compiled kernel (metrics_kernel); False: the numpy path
+KERNEL_SETTLE = True        # the kernel also settles the clean maps (step 1 of _settle) and narrows the other
+                            # bands to _CLUSTER_WIN + 1 ranks either side of rank k (same bits from _settle)
 
 _SUB_STEP = 4           # median bracket from every 4th row and column (3136 of 50176 pixels)
 _SUB_NARROW = 14        # bracket half-width in sub-sample ranks (~2 sd of the rank error)...
 _SUB_WIDE = 48          # ...and for the maps it misses (~6 sd)
 _BAND_MAX = 16384       # pixels inside the bracket, at most
 _BLOCK = 256            # maps settled together (step 3)
+_KERNEL_BLOCK = 4096    # ... on the kernel path (_settle and _exact_min_max have a fixed cost per call, ~1 ms)
 
 
 # ----------------------------------------------------------------------------- the fast operator
@@ -216,6 +237,141 @@ def _fixed_block(m: np.ndarray, p: Protocol, tau, op: _FastOp, chunk: int, out: 
     st["clean"] += B - n_near
 
 
+# ----------------------------------------------------------------------------- steps 1-3 with the kernel
+@functools.lru_cache(maxsize=32)
+def _kernel_taps(mode: str, h: int, w: int, size: int) -> tuple:
+    return _K.kernel_taps(_fast_op(mode, h, w, size))
+
+
+def _sub_ranks(S: int, k: int) -> tuple[int, int, int, int]:
+    """The sub-sample ranks of _bracket_chunk: the bracket k0, k1 and its widening w0, w1."""
+    ms = len(range(1, S, _SUB_STEP)) * len(range(2, S, _SUB_STEP))
+    q = int((k + 0.5) * ms / (S * S))
+    return (max(q - _SUB_NARROW, 0), min(q + _SUB_NARROW, ms - 1), max(q - _SUB_WIDE, 0),
+            min(q + _SUB_WIDE, ms - 1))
+
+
+class _KernelBufs:
+    """Per-thread band buffers of the kernel (grown on demand, reused across blocks)."""
+
+    def __init__(self, n: int):
+        self.bpos = np.empty(n, np.int64)
+        self.bval = np.empty(n, np.float32)
+
+    def ensure(self, n: int) -> None:
+        if len(self.bpos) < n:
+            self.__init__(max(n, 2 * len(self.bpos)))
+
+
+def _kernel_median(m: np.ndarray, ui: np.ndarray, p: Protocol, op: _FastOp, out: np.ndarray, beta: np.ndarray,
+                   settle: bool, kb: _KernelBufs):
+    """The kernel over maps m [B, h, w] (or their fast maps ui [B, S²]), resuming when the band buffers fill:
+    packed rows into out [B, nb]; returns the band (rows, pos, vals), a, b, n_below, ok, clean."""
+    B = len(out)
+    S = p.size
+    k = S * S // 2
+    k0, k1, w0, w1 = _sub_ranks(S, k)
+    taps = _kernel_taps(op.mode, m.shape[1], m.shape[2], S)
+    a, b = np.empty(B, np.float32), np.empty(B, np.float32)
+    n_below, ok, clean = np.empty(B, np.int64), np.empty(B, bool), np.empty(B, bool)
+    starts = np.empty(B + 1, np.int64)
+    rows_l, pos_l, vals_l = [], [], []
+    kb.ensure(min(B, 64) * 1024 + _BAND_MAX)
+    s = 0
+    while s < B:
+        sl = slice(s, B)
+        done = _K.median_maps(m[sl] if not len(ui) else m[:1], ui[sl] if len(ui) else ui, *taps[:6], k, k0, k1, w0,
+                              w1, 1, 2, _SUB_STEP, _BAND_MAX, settle, beta[sl], p.strict,
+                              _CLUSTER_WIN + 1 if settle else 0, out[sl], kb.bpos,
+                              kb.bval, starts[s:], a[sl], b[sl], n_below[sl], ok[sl], clean[sl])
+        e = starts[s + done]
+        rows_l.append(np.repeat(np.arange(s, s + done), np.diff(starts[s:s + done + 1])))
+        pos_l.append(kb.bpos[:e].copy())
+        vals_l.append(kb.bval[:e].copy())
+        s += done
+        if s < B:
+            kb.ensure(2 * len(kb.bpos))
+    rows, pos, vals = (np.concatenate(x) for x in (rows_l, pos_l, vals_l))
+    return (rows, pos, vals), a, b, n_below, ok, clean
+
+
+class _RowStage:
+    """The row stage U_h @ M [n, S, w] of maps mt, computed for the maps indexed only (_settle needs it for
+    the few maps whose exact neighbours of the threshold merge): ``r[idx]`` is a float32 tensor, a
+    transposed view of [len(idx), w, S] (the layout _exact_min_max works in), from the kernel's
+    :func:`~avsl_core.metrics_kernel.row_stage_t` (within the fast bound, as :func:`_row_stage`)."""
+
+    def __init__(self, mt: np.ndarray, taps: tuple):
+        self.mt, self.taps = mt, taps
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        m = np.ascontiguousarray(self.mt[np.asarray(idx, np.int64)])
+        rt = np.empty((len(m), m.shape[2], self.taps[0].shape[1]), np.float32)
+        _K.row_stage_t(m, *self.taps[6:], rt)
+        return torch.from_numpy(rt).transpose(1, 2)
+
+
+def _median_block_kernel(m: np.ndarray, p: Protocol, tau, op: _FastOp, out: np.ndarray, st: dict,
+                         kb: _KernelBufs) -> None:
+    """:func:`_median_block` with steps 1-2 in the kernel, which with ``KERNEL_SETTLE`` also settles the clean
+    maps (step 1 of _settle) and narrows the other bands; the maps it leaves go through _settle as before,
+    all of the block's in one call, with their row stage computed only where _settle asks for it."""
+    B = len(m)
+    k = p.size * p.size // 2
+    amax = np.abs(m.reshape(B, -1)).max(1).astype(np.float64)
+    eps = op.err * amax + 1e-30
+    merge = _merge_width(p, amax, op.gain, tau)
+    beta = 2 * eps + merge  # as _settle
+    (rows, pos, vals), a, b, n_below, ok, clean = _kernel_median(m, np.empty((0, 0), np.float32), p, op, out,
+                                                                 beta, KERNEL_SETTLE, kb)
+    todo = np.flatnonzero(~clean)  # the maps for _settle (their bands; clean maps are done)
+    n_near, n_exact = 0, 0
+    if len(todo):
+        ridx = np.full(B, -1)
+        ridx[todo] = np.arange(len(todo))
+        mt = np.ascontiguousarray(m[todo])
+        taps = _kernel_taps(op.mode, m.shape[1], m.shape[2], p.size)
+        on, exact_rows, n_near = _settle((ridx[rows], pos, vals), a[todo], b[todo], n_below[todo], ok[todo], k,
+                                         eps[todo], merge[todo], mt, _RowStage(mt, taps), p, tau, op)
+        _or_bits(out, rows[on], pos[on])
+        exact_rows = todo[np.asarray(exact_rows, np.int64)]
+        _exact_into(m, p, tau, exact_rows, out)
+        n_exact = len(exact_rows)
+    st["exact"] += n_exact
+    st["near_tie"] += n_near
+    st["clean"] += B - n_near - n_exact
+
+
+def _fixed_block_kernel(m: np.ndarray, p: Protocol, tau, op: _FastOp, out: np.ndarray, st: dict,
+                        kb: _KernelBufs) -> None:
+    """:func:`_fixed_block` with the fast values, the packed ``u > hi`` and the band from the kernel."""
+    B = len(m)
+    t = np.float32(p.threshold)
+    eps = op.err * np.abs(m.reshape(B, -1)).max(1).astype(np.float64) + 1e-30
+    lo, hi = _f32_down(float(t) - eps).astype(np.float32), _f32_up(float(t) + eps).astype(np.float32)
+    taps = _kernel_taps(op.mode, m.shape[1], m.shape[2], p.size)
+    starts = np.empty(B + 1, np.int64)
+    rows_l, pos_l = [], []
+    kb.ensure(min(B, 64) * 256 + 4096)
+    s = 0
+    while s < B:
+        done = _K.fixed_maps(m[s:], *taps[:6], lo[s:], hi[s:], out[s:], kb.bpos, kb.bval, starts[s:])
+        e = starts[s + done]
+        rows_l.append(np.repeat(np.arange(s, s + done), np.diff(starts[s:s + done + 1])))
+        pos_l.append(kb.bpos[:e].copy())
+        s += done
+        if s < B:
+            kb.ensure(2 * len(kb.bpos))
+    rows, pos = np.concatenate(rows_l), np.concatenate(pos_l)
+    if len(rows):
+        v = _exact_values(m, rows, pos, op)
+        on = v > t if p.strict else v >= t
+        _or_bits(out, rows[on], pos[on])
+    n_near = len(np.unique(rows))
+    st["near_tie"] += n_near
+    st["clean"] += B - n_near
+
+
 def _exact_into(m: np.ndarray, p: Protocol, tau, rows, out: np.ndarray) -> None:
     """The exact path for maps ``rows`` of m, packed into the same rows of out."""
     if len(rows):
@@ -225,16 +381,18 @@ def _exact_into(m: np.ndarray, p: Protocol, tau, rows, out: np.ndarray) -> None:
 
 # ----------------------------------------------------------------------------- public entry points
 def binarize_packed(maps, protocol: Protocol | str, tau: float | None = None, chunk: int = 8,
-                    stats: dict | None = None, workers: int = 1) -> np.ndarray:
+                    stats: dict | None = None, workers: int = 1, kernel: bool | None = None) -> np.ndarray:
     """The protocol's binary prediction for native maps [B, h, w], bit-packed (np.packbits order,
     row-major pixels): uint8 [B, ⌈S²/8⌉].
 
     Bit for bit ``np.packbits(binarize(prepare(maps, protocol, tau), protocol))`` (the argument is in the
-    module docstring), an order of magnitude faster. ``chunk`` maps are upsampled at a time (8: 1.6 MB of
-    float32; 8 and 16 measured best, 2-4 pay more in numpy calls than they gain in cache). ``stats`` (a dict) counts the maps settled from fast values alone (``clean``),
-    through exact values of near-tied pixels (``near_tie``) and on the exact path (``exact``). Fixed
-    thresholds after a normalisation (no protocol of PROTOCOLS) and non-finite maps go the exact path.
-    ``workers`` > 1 processes blocks of maps on that many threads.
+    module docstring), more than an order of magnitude faster. ``kernel``: steps 1-2 by the compiled kernel
+    (None: ``USE_KERNEL``, i.e. when numba imports; without numba the numpy path runs whatever is asked).
+    ``chunk`` (numpy path) maps are upsampled at a time (8: 1.6 MB of float32; 8 and 16 measured best, 2-4
+    pay more in numpy calls than they gain in cache). ``stats`` (a dict) counts the maps settled from fast
+    values alone (``clean``), through exact values of near-tied pixels (``near_tie``) and on the exact path
+    (``exact``). Fixed thresholds after a normalisation (no protocol of PROTOCOLS) and non-finite maps go
+    the exact path. ``workers`` > 1 processes blocks of maps on that many threads.
     """
     p = get_protocol(protocol)
     m = np.ascontiguousarray(maps.detach().cpu().float().numpy() if torch.is_tensor(maps)
@@ -254,17 +412,22 @@ def binarize_packed(maps, protocol: Protocol | str, tau: float | None = None, ch
         _exact_into(m, p, tau, np.arange(B), out)
         return out
     op = _fast_op(p.upsample, h, w, S)
+    use_kernel = (USE_KERNEL if kernel is None else kernel) and _K.HAVE_NUMBA
     chunk = max(1, min(chunk, B))
-    run_block = _fixed_block if fixed else _median_block
     size = -(-B // max(1, workers))
-    size = min(_BLOCK, -(-size // chunk) * chunk)
+    size = min(_KERNEL_BLOCK, size) if use_kernel else min(_BLOCK, -(-size // chunk) * chunk)
     blocks = [(s, min(s + size, B)) for s in range(0, B, size)]
 
     def run(todo):
         sts = dict(clean=0, near_tie=0, exact=0)
+        if use_kernel:
+            kb = _KernelBufs(0)
+            for s, e in todo:
+                (_fixed_block_kernel if fixed else _median_block_kernel)(m[s:e], p, tau, op, out[s:e], sts, kb)
+            return sts
         bufs = (torch.empty(chunk * N),) + tuple(np.empty(chunk * N, bool) for _ in range(3))
         for s, e in todo:
-            run_block(m[s:e], p, tau, op, chunk, out[s:e], sts, bufs)
+            (_fixed_block if fixed else _median_block)(m[s:e], p, tau, op, chunk, out[s:e], sts, bufs)
         return sts
 
     n_threads = max(1, min(workers, len(blocks)))

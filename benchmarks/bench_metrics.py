@@ -4,7 +4,14 @@ ground truth) against a straightforward per-sample loop written the way the peer
 inputs, in one run. Prints a table (loop and vectorised time, speed-up, largest per-item difference, how
 the fast path settled the maps), the machine's load and the thread counts.
 
-    .venv/bin/python benchmarks/bench_metrics.py [--n 5158] [--workers 1] [--chunk 8] [--f32-loop]
+    .venv/bin/python benchmarks/bench_metrics.py [--n 5158] [--workers 1] [--chunk 8] [--no-kernel] [--f32-loop]
+
+The vectorised path runs steps 1-2 in the compiled numba kernel (avsl_core.metrics_kernel) when numba
+imports, else (or with ``--no-kernel``) in numpy/torch. The kernel has no parallel loops: it runs one map
+at a time on each of the ``--workers`` threads; the header prints numba's own thread count for the record
+(unused). Its first compile takes ~30 s and is cached; the warm-up calls absorb it: one untimed call of the
+first protocol on all N maps (the process's first touch of its large buffers), then one on 64 maps before
+each protocol's timing.
 
 The loop, per item: upsample that one map with ``metrics.upsample`` (torch's kernel in float64, rounded once
 to float32: the evaluator's definition), min-max normalise, threshold at the value of sorted index N//2,
@@ -38,6 +45,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from avsl_core import metrics as M  # noqa: E402
+from avsl_core import metrics_kernel as KM  # noqa: E402
 
 
 def load_boxes(n: int, seed: int) -> tuple[list, str]:
@@ -114,10 +122,10 @@ def loop(maps: np.ndarray, boxes: list, p: M.Protocol, f32: bool = False) -> tup
 
 
 # ----------------------------------------------------------------------------- the vectorised path
-def vectorised(maps: np.ndarray, boxes: list, p: M.Protocol, chunk: int, workers: int, stats: dict
-               ) -> tuple[np.ndarray, float, float]:
+def vectorised(maps: np.ndarray, boxes: list, p: M.Protocol, chunk: int, workers: int, stats: dict,
+               kernel: bool = True) -> tuple[np.ndarray, float, float]:
     gt = M.gt_union_packed(*M.pad_boxes(boxes))  # VGG-SS: union of boxes, bit-packed [N, 6272]
-    pred = M.binarize_packed(maps, p, chunk=chunk, stats=stats, workers=workers)
+    pred = M.binarize_packed(maps, p, chunk=chunk, stats=stats, workers=workers, kernel=kernel)
     c = M.ciou_from_packed(pred, gt).numpy()
     sm = M.summarize_ciou(c)
     return c, sm["ciou@0.5"], sm["auc"]
@@ -134,7 +142,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=5158)
     ap.add_argument("--size", type=int, default=14, help="native map side")
     ap.add_argument("--workers", type=int, default=1, help="threads of the vectorised path (one torch thread each)")
-    ap.add_argument("--chunk", type=int, default=8, help="maps upsampled at a time")
+    ap.add_argument("--chunk", type=int, default=8, help="maps upsampled at a time (numpy path)")
+    ap.add_argument("--no-kernel", action="store_true", help="the numpy path even where numba imports")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--protocols", default=",".join(M.PROTOCOLS))
     ap.add_argument("--f32-loop", action="store_true",
@@ -144,21 +153,31 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(a.seed)
     maps = rng.standard_normal((a.n, a.size, a.size)).astype(np.float32)
     boxes, src = load_boxes(a.n, a.seed)
+    kernel = not a.no_kernel and KM.HAVE_NUMBA
+    if kernel:
+        import numba
+        steps = (f"steps 1-2: numba {numba.version_info.string} kernel, one map at a time per worker "
+                 f"(numba's threads: {numba.get_num_threads()}, unused)")
+    else:
+        steps = f"steps 1-2: numpy/torch, chunk {a.chunk}"
     print(f"{a.n} random {a.size}x{a.size} maps -> 224x224; GT: {src}; torch {torch.__version__}, numpy "
           f"{np.__version__}; {os.cpu_count()} CPUs {platform.machine()}; threads: loop 1, vectorised {a.workers} "
-          f"(torch {torch.get_num_threads()} each), chunk {a.chunk}; load average at start: {load_avg()}")
+          f"(torch {torch.get_num_threads()} each); {steps}; load average at start: {load_avg()}")
     hdr = ("| protocol       | upsample    | cmp | loop s (cpu) | vector s (cpu) | speed-up wall (cpu) "
            "| max abs diff | cIoU@0.5 | AUC    | clean / near-tie / exact | load  |" +
            (" f32 loop: items moved |" if a.f32_loop else ""))
     print(hdr)
     print("|" + "|".join("-" * len(c) for c in hdr.split("|")[1:-1]) + "|")
     worst, speed = 0.0, []
+    # one untimed full-size call first: the process's first touch of ~50 MB of outputs and buffers (page
+    # faults, allocator growth) would otherwise land on whichever protocol is timed first (~20 µs a map)
+    vectorised(maps, boxes, M.get_protocol(a.protocols.split(",")[0]), a.chunk, a.workers, {}, kernel)
     for name in a.protocols.split(","):
         p = M.get_protocol(name)
         maps_p = 1 / (1 + np.exp(-maps)) if p.threshold is not None else maps  # ACL: a sigmoid map
-        vectorised(maps_p[:64], boxes[:64], p, a.chunk, a.workers, {})  # warm-up (matrices, buffers)
+        vectorised(maps_p[:64], boxes[:64], p, a.chunk, a.workers, {}, kernel)  # warm-up (matrices, compile)
         st: dict = {}
-        (cv, ap50_v, auc_v), tv, cpv = _timed(lambda: vectorised(maps_p, boxes, p, a.chunk, a.workers, st))
+        (cv, ap50_v, auc_v), tv, cpv = _timed(lambda: vectorised(maps_p, boxes, p, a.chunk, a.workers, st, kernel))
         (cl, ap50_l, auc_l), tl, cpl = _timed(lambda: loop(maps_p, boxes, p))
         both = ~(np.isnan(cv) & np.isnan(cl))
         d = float(np.abs(cv - cl)[both].max()) if both.any() else 0.0
