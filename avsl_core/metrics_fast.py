@@ -227,14 +227,7 @@ def _fixed_block(m: np.ndarray, p: Protocol, tau, op: _FastOp, chunk: int, out: 
         idx = _band_pixels(ge, gt, band)
         rows_l.append(idx // N + s0)
         pos_l.append(idx % N)
-    rows, pos = np.concatenate(rows_l), np.concatenate(pos_l)
-    if len(rows):
-        v = _exact_values(m, rows, pos, op)
-        on = v > t if p.strict else v >= t
-        _or_bits(out, rows[on], pos[on])
-    n_near = len(np.unique(rows))
-    st["near_tie"] += n_near
-    st["clean"] += B - n_near
+    _settle_fixed(m, p, t, op, np.concatenate(rows_l), np.concatenate(pos_l), out, st)
 
 
 # ----------------------------------------------------------------------------- steps 1-3 with the kernel
@@ -362,14 +355,19 @@ def _fixed_block_kernel(m: np.ndarray, p: Protocol, tau, op: _FastOp, out: np.nd
         s += done
         if s < B:
             kb.ensure(2 * len(kb.bpos))
-    rows, pos = np.concatenate(rows_l), np.concatenate(pos_l)
+    _settle_fixed(m, p, t, op, np.concatenate(rows_l), np.concatenate(pos_l), out, st)
+
+
+def _settle_fixed(m: np.ndarray, p: Protocol, t, op: _FastOp, rows, pos, out: np.ndarray, st: dict) -> None:
+    """Fixed thresholds: exact values for the band pixels (rows, pos) within eps of t, their bits ORed
+    into out; maps with any such pixel counted as near-tie, the others as clean."""
     if len(rows):
         v = _exact_values(m, rows, pos, op)
         on = v > t if p.strict else v >= t
         _or_bits(out, rows[on], pos[on])
     n_near = len(np.unique(rows))
     st["near_tie"] += n_near
-    st["clean"] += B - n_near
+    st["clean"] += len(m) - n_near
 
 
 def _exact_into(m: np.ndarray, p: Protocol, tau, rows, out: np.ndarray) -> None:
