@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from avsl_core.config import repo_root
+from avsl_core.provenance import atomic_write_text
 
 
 def default_nproc() -> int:
@@ -42,7 +43,7 @@ def train_run(cfg, out_dir, *, resume: bool = False, nproc: int | None = None, l
         return train(cfg, out, resume=resume, progress=False)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "launch_config.yaml"
-    config_path.write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
+    atomic_write_text(config_path, yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
     cmd = torchrun_command(config_path, out, n, resume=resume)
     log(f"[launch] {out.name}: {n} ranks: {' '.join(cmd)}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(repo_root()), os.environ.get("PYTHONPATH"))
