@@ -21,17 +21,19 @@ module computes the same bits more than an order of magnitude faster, for a batc
 Two implementations of steps 1-2 give the same outputs for the same fast values (tested):
 
 * *The kernel* (:mod:`avsl_core.metrics_kernel`, numba; used when numba imports, ``USE_KERNEL``): one map at
-  a time, the column stage M @ U_w.T then each row from the non-zero weights of U_h (vectorised over x;
-  the same bound, computed in that order), the sub-sample's ranks by counting passes, and one pass over the
-  pixels that writes the packed ``u > b`` row and the band. With ``KERNEL_SETTLE`` it also does step 1 of
-  _settle (the maps whose threshold value is alone within beta: ~55-75 % of random maps) and narrows the
-  other bands to _CLUSTER_WIN + 1 ranks either side of rank N//2, which leaves _settle's decisions as
-  they are (:func:`~avsl_core.metrics_kernel._narrow`); _settle then sees only the remaining maps, a whole
-  block of up to _KERNEL_BLOCK maps at a time (its calls have a fixed cost of ~1 ms).
+  a time, the column stage M @ U_w.T then each row from the non-zero weights of U_h inside the pass over
+  the pixels (the same bound, computed in that order), the sub-sample's ranks by counting passes, and one
+  pass that writes the packed ``u > b`` row and the band. With ``KERNEL_SETTLE`` it does step 3 as well,
+  _settle's decisions for each map there (exact values, exact extremes and the normalisation compiled);
+  only the maps that take the exact path come back (state EXACT, ~0.2 % of random maps). Without it, the
+  bands go to _settle as on the numpy path (the tests compare the two).
 * *The numpy path* (:func:`_bracket_chunk`): two float32 matmuls (the row stage for a block of maps in one
   matmul, the column stage a chunk at a time), the sub-sample's ranks by np.partition, two full compares,
   a sparse band scan; chunk by chunk (a few maps at a time: ~35 numpy calls a chunk against cache
   misses), step 3 per block of _BLOCK maps.
+
+:func:`ciou_packed_boxes` turns the packed predictions into per-item cIoU against the VGG-SS box ground
+truth, counting inside the boxes (:func:`~avsl_core.metrics_kernel.box_counts`) rather than building it.
 
 ``workers`` > 1 splits the blocks over threads (the kernel, torch and numpy release the GIL; each thread
 keeps one torch thread, since OpenMP threads spin at barriers when the other core is busy). That only pays
@@ -50,19 +52,20 @@ from avsl_core import metrics_kernel as _K
 from avsl_core.metrics_ciou import ciou_from_packed, popcount_packed
 from avsl_core.metrics_fast_ties import (_CLUSTER_WIN, _U32, _exact_values, _f32_down, _f32_up, _merge_width, _or_bits,
                                          _settle)
+from avsl_core.metrics_gt import box_pixels, gt_union_packed
 from avsl_core.metrics_maps import as_rows, binarize, prepare, upsample_matrices
 from avsl_core.metrics_protocol import EVAL_SIZE, Protocol, get_protocol
 
 USE_KERNEL = _K.HAVE_NUMBA  # steps 1-2 by the compiled kernel (metrics_kernel); False: the numpy path
-KERNEL_SETTLE = True        # the kernel also settles the clean maps (step 1 of _settle) and narrows the other
-                            # bands to _CLUSTER_WIN + 1 ranks either side of rank k (same bits from _settle)
+KERNEL_SETTLE = True        # the kernel also does step 3 (False: its bands go to _settle; same bits, same stats)
 
 _SUB_STEP = 4           # median bracket from every 4th row and column (3136 of 50176 pixels)
 _SUB_NARROW = 14        # bracket half-width in sub-sample ranks (~2 sd of the rank error)...
 _SUB_WIDE = 48          # ...and for the maps it misses (~6 sd)
 _BAND_MAX = 16384       # pixels inside the bracket, at most
 _BLOCK = 256            # maps settled together (step 3)
-_KERNEL_BLOCK = 4096    # ... on the kernel path (_settle and _exact_min_max have a fixed cost per call, ~1 ms)
+_KERNEL_BLOCK = 4096    # maps per kernel call (its Python side costs ~0.1 ms a call)
+_NO_UI = np.empty((0, 0), np.float32)  # median_maps' input of given fast maps (the tests'), unused here
 
 
 # ----------------------------------------------------------------------------- the fast operator
@@ -232,7 +235,7 @@ def _fixed_block(m: np.ndarray, p: Protocol, tau, op: _FastOp, chunk: int, out: 
 
 # ----------------------------------------------------------------------------- steps 1-3 with the kernel
 @functools.lru_cache(maxsize=32)
-def _kernel_taps(mode: str, h: int, w: int, size: int) -> tuple:
+def _kernel_taps(mode: str, h: int, w: int, size: int) -> _K.KernelTaps:
     return _K.kernel_taps(_fast_op(mode, h, w, size))
 
 
@@ -242,6 +245,14 @@ def _sub_ranks(S: int, k: int) -> tuple[int, int, int, int]:
     q = int((k + 0.5) * ms / (S * S))
     return (max(q - _SUB_NARROW, 0), min(q + _SUB_NARROW, ms - 1), max(q - _SUB_WIDE, 0),
             min(q + _SUB_WIDE, ms - 1))
+
+
+def _norm_args(p: Protocol, tau) -> tuple:
+    """The protocol's float32 normalisation for the kernel: (how, score_first, lo, hi − lo of SLAVC's score
+    as :func:`~avsl_core.metrics_maps.absolute_av_score` rounds them, strict, lvs_binarize)."""
+    scale = 1.0 if tau is None else 1.0 / tau
+    return (_K.NORMS[p.normalise], p.score_first, np.float32(-scale), np.float32(scale - -scale), p.strict,
+            p.lvs_binarize)
 
 
 class _KernelBufs:
@@ -256,27 +267,27 @@ class _KernelBufs:
             self.__init__(max(n, 2 * len(self.bpos)))
 
 
-def _kernel_median(m: np.ndarray, ui: np.ndarray, p: Protocol, op: _FastOp, out: np.ndarray, beta: np.ndarray,
-                   settle: bool, kb: _KernelBufs):
-    """The kernel over maps m [B, h, w] (or their fast maps ui [B, S²]), resuming when the band buffers fill:
-    packed rows into out [B, nb]; returns the band (rows, pos, vals), a, b, n_below, ok, clean."""
+def _kernel_median(m: np.ndarray, p: Protocol, tau, op: _FastOp, out: np.ndarray, eps: np.ndarray,
+                   merge: np.ndarray, settle: bool, kb: _KernelBufs):
+    """The kernel over maps m [B, h, w]: packed rows into out [B, nb]. With ``settle`` every map is settled
+    there or marked for the exact path (state); without, the bands are returned for _settle, the kernel
+    resuming when the band buffers fill. Returns the band (rows, pos, vals), a, b, n_below, ok, state."""
     B = len(out)
     S = p.size
     k = S * S // 2
-    k0, k1, w0, w1 = _sub_ranks(S, k)
     taps = _kernel_taps(op.mode, m.shape[1], m.shape[2], S)
     a, b = np.empty(B, np.float32), np.empty(B, np.float32)
-    n_below, ok, clean = np.empty(B, np.int64), np.empty(B, bool), np.empty(B, bool)
+    n_below, ok, state = np.empty(B, np.int64), np.empty(B, bool), np.empty(B, np.int8)
     starts = np.empty(B + 1, np.int64)
     rows_l, pos_l, vals_l = [], [], []
-    kb.ensure(min(B, 64) * 1024 + _BAND_MAX)
+    kb.ensure(_BAND_MAX if settle else min(B, 64) * 1024 + _BAND_MAX)
     s = 0
     while s < B:
         sl = slice(s, B)
-        done = _K.median_maps(m[sl] if not len(ui) else m[:1], ui[sl] if len(ui) else ui, *taps[:6], k, k0, k1, w0,
-                              w1, 1, 2, _SUB_STEP, _BAND_MAX, settle, beta[sl], p.strict,
-                              _CLUSTER_WIN + 1 if settle else 0, out[sl], kb.bpos,
-                              kb.bval, starts[s:], a[sl], b[sl], n_below[sl], ok[sl], clean[sl])
+        done = _K.median_maps(m[sl], _NO_UI, taps.fast, taps.tags, taps.exact, (k,) + _sub_ranks(S, k),
+                              (1, 2, _SUB_STEP), _BAND_MAX, settle, eps[sl], merge[sl], _CLUSTER_WIN,
+                              _norm_args(p, tau), out[sl], kb.bpos, kb.bval, starts[s:], a[sl], b[sl],
+                              n_below[sl], ok[sl], state[sl])
         e = starts[s + done]
         rows_l.append(np.repeat(np.arange(s, s + done), np.diff(starts[s:s + done + 1])))
         pos_l.append(kb.bpos[:e].copy())
@@ -285,77 +296,47 @@ def _kernel_median(m: np.ndarray, ui: np.ndarray, p: Protocol, op: _FastOp, out:
         if s < B:
             kb.ensure(2 * len(kb.bpos))
     rows, pos, vals = (np.concatenate(x) for x in (rows_l, pos_l, vals_l))
-    return (rows, pos, vals), a, b, n_below, ok, clean
+    return (rows, pos, vals), a, b, n_below, ok, state
 
-
-class _RowStage:
-    """The row stage U_h @ M [n, S, w] of maps mt, computed for the maps indexed only (_settle needs it for
-    the few maps whose exact neighbours of the threshold merge): ``r[idx]`` is a float32 tensor, a
-    transposed view of [len(idx), w, S] (the layout _exact_min_max works in), from the kernel's
-    :func:`~avsl_core.metrics_kernel.row_stage_t` (within the fast bound, as :func:`_row_stage`)."""
-
-    def __init__(self, mt: np.ndarray, taps: tuple):
-        self.mt, self.taps = mt, taps
-
-    def __getitem__(self, idx) -> torch.Tensor:
-        m = np.ascontiguousarray(self.mt[np.asarray(idx, np.int64)])
-        rt = np.empty((len(m), m.shape[2], self.taps[0].shape[1]), np.float32)
-        _K.row_stage_t(m, *self.taps[6:], rt)
-        return torch.from_numpy(rt).transpose(1, 2)
 
 
 def _median_block_kernel(m: np.ndarray, p: Protocol, tau, op: _FastOp, out: np.ndarray, st: dict,
                          kb: _KernelBufs) -> None:
-    """:func:`_median_block` with steps 1-2 in the kernel, which with ``KERNEL_SETTLE`` also settles the clean
-    maps (step 1 of _settle) and narrows the other bands; the maps it leaves go through _settle as before,
-    all of the block's in one call, with their row stage computed only where _settle asks for it."""
+    """:func:`_median_block` with steps 1-3 in the kernel (``KERNEL_SETTLE``): only the maps it marks go the
+    exact path here. Without KERNEL_SETTLE, steps 1-2 there and _settle here, as the numpy path."""
     B = len(m)
     k = p.size * p.size // 2
     amax = np.abs(m.reshape(B, -1)).max(1).astype(np.float64)
     eps = op.err * amax + 1e-30
     merge = _merge_width(p, amax, op.gain, tau)
-    beta = 2 * eps + merge  # as _settle
-    (rows, pos, vals), a, b, n_below, ok, clean = _kernel_median(m, np.empty((0, 0), np.float32), p, op, out,
-                                                                 beta, KERNEL_SETTLE, kb)
-    todo = np.flatnonzero(~clean)  # the maps for _settle (their bands; clean maps are done)
-    n_near, n_exact = 0, 0
-    if len(todo):
-        ridx = np.full(B, -1)
-        ridx[todo] = np.arange(len(todo))
-        mt = np.ascontiguousarray(m[todo])
-        taps = _kernel_taps(op.mode, m.shape[1], m.shape[2], p.size)
-        on, exact_rows, n_near = _settle((ridx[rows], pos, vals), a[todo], b[todo], n_below[todo], ok[todo], k,
-                                         eps[todo], merge[todo], mt, _RowStage(mt, taps), p, tau, op)
+    (rows, pos, vals), a, b, n_below, ok, state = _kernel_median(m, p, tau, op, out, eps, merge, KERNEL_SETTLE, kb)
+    if KERNEL_SETTLE:
+        exact_rows = np.flatnonzero(state == _K.EXACT)
+        n_near = int((state == _K.NEAR).sum())
+    else:
+        on, exact_rows, n_near = _settle((rows, pos, vals), a, b, n_below, ok, k, eps, merge, m, _row_stage(m, op),
+                                         p, tau, op)
         _or_bits(out, rows[on], pos[on])
-        exact_rows = todo[np.asarray(exact_rows, np.int64)]
-        _exact_into(m, p, tau, exact_rows, out)
-        n_exact = len(exact_rows)
-    st["exact"] += n_exact
+    _exact_into(m, p, tau, exact_rows, out)
+    st["exact"] += len(exact_rows)
     st["near_tie"] += n_near
-    st["clean"] += B - n_near - n_exact
+    st["clean"] += B - n_near - len(exact_rows)
 
 
 def _fixed_block_kernel(m: np.ndarray, p: Protocol, tau, op: _FastOp, out: np.ndarray, st: dict,
                         kb: _KernelBufs) -> None:
-    """:func:`_fixed_block` with the fast values, the packed ``u > hi`` and the band from the kernel."""
+    """:func:`_fixed_block` in the kernel: fast values, packed ``u > hi``, exact values of the pixels within
+    eps of the threshold."""
     B = len(m)
-    t = np.float32(p.threshold)
     eps = op.err * np.abs(m.reshape(B, -1)).max(1).astype(np.float64) + 1e-30
-    lo, hi = _f32_down(float(t) - eps).astype(np.float32), _f32_up(float(t) + eps).astype(np.float32)
+    t = float(np.float32(p.threshold))
+    lo, hi = _f32_down(t - eps).astype(np.float32), _f32_up(t + eps).astype(np.float32)
     taps = _kernel_taps(op.mode, m.shape[1], m.shape[2], p.size)
-    starts = np.empty(B + 1, np.int64)
-    rows_l, pos_l = [], []
-    kb.ensure(min(B, 64) * 256 + 4096)
-    s = 0
-    while s < B:
-        done = _K.fixed_maps(m[s:], *taps[:6], lo[s:], hi[s:], out[s:], kb.bpos, kb.bval, starts[s:])
-        e = starts[s + done]
-        rows_l.append(np.repeat(np.arange(s, s + done), np.diff(starts[s:s + done + 1])))
-        pos_l.append(kb.bpos[:e].copy())
-        s += done
-        if s < B:
-            kb.ensure(2 * len(kb.bpos))
-    _settle_fixed(m, p, t, op, np.concatenate(rows_l), np.concatenate(pos_l), out, st)
+    state = np.empty(B, np.int8)
+    _K.fixed_maps(m, taps.fast, taps.tags, taps.exact, lo, hi, np.float32(t), p.strict, out, state)
+    n_near = int((state == _K.NEAR).sum())
+    st["near_tie"] += n_near
+    st["clean"] += B - n_near
 
 
 def _settle_fixed(m: np.ndarray, p: Protocol, t, op: _FastOp, rows, pos, out: np.ndarray, st: dict) -> None:
@@ -456,3 +437,20 @@ def ciou_fast(maps, g1, g2=None, protocol: Protocol | str = "ezvsl", tau: float 
         return np.packbits(as_rows(g) != 0, axis=1)
     return ciou_from_packed(binarize_packed(maps, protocol, tau, chunk, stats, workers), pack(g1),
                             None if g2 is None else pack(g2))
+
+
+def ciou_packed_boxes(pred: np.ndarray, boxes: torch.Tensor, valid: torch.Tensor, size: int = EVAL_SIZE,
+                      kernel: bool | None = None) -> torch.Tensor:
+    """Per-item cIoU [B] float64 (NaN for 0/0) of packed predictions pred [B, ⌈size²/8⌉] (:func:`binarize_packed`)
+    against the VGG-SS ground truth of boxes [B, K, 4] / valid [B, K] (:func:`~avsl_core.metrics_gt.pad_boxes`),
+    the union of the painted boxes: ``ciou_from_packed(pred, gt_union_packed(boxes, valid, size))``. The
+    kernel (``kernel``: as in binarize_packed) paints each item's boxes into one packed row and counts there
+    (:func:`~avsl_core.metrics_kernel.box_counts`), without building the ground truth of the batch."""
+    if not ((USE_KERNEL if kernel is None else kernel) and _K.HAVE_NUMBA):
+        return ciou_from_packed(pred, gt_union_packed(boxes, valid, size))
+    px = np.ascontiguousarray(box_pixels(boxes, size).numpy())  # [B, K, 4] x1, y1, x2, y2
+    cnt = np.empty((len(pred), 3), np.int64)
+    _K.box_counts(np.ascontiguousarray(pred), px, np.ascontiguousarray(valid.numpy()), size, cnt)
+    on, n, pc = cnt.T
+    with np.errstate(invalid="ignore", divide="ignore"):  # as ciou_from_packed with g2 = g1
+        return torch.from_numpy(0.5 * (on + on) / (0.5 * (n + n) + (pc - on)))

@@ -14,6 +14,10 @@ are normalised exactly as :func:`~avsl_core.metrics_maps.prepare` does, with the
 Exact values are float64 sums in a different order from torch's float64 kernel; the two round to different
 float32 values only when the float64 sum lies within ~1e-16 (relative) of a float32 rounding boundary, a
 ~1e-8 chance per value evaluated here.
+
+The compiled kernel makes the same decisions map by map (:mod:`avsl_core.metrics_kernel`, ``settle``: the
+same exact values, clusters, extremes and normalisation); these functions are the numpy path's, and the
+reference the kernel's tests compare it with.
 """
 from __future__ import annotations
 

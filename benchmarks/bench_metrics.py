@@ -1,15 +1,18 @@
 """The unified evaluator's speed bar: cIoU + AUC for N random 14×14 maps at 224×224 under every protocol, the
-vectorised path of avsl_core.metrics (:func:`binarize_packed` + :func:`ciou_from_packed` on bit-packed box
-ground truth) against a straightforward per-sample loop written the way the peers write it, on the same
-inputs, in one run. Prints a table (loop and vectorised time, speed-up, largest per-item difference, how
-the fast path settled the maps), the machine's load and the thread counts.
+vectorised path (avsl_core.metrics' :func:`binarize_packed`, then avsl_core.metrics_fast's
+:func:`ciou_packed_boxes`: cIoU counted inside the boxes) against a straightforward per-sample loop written
+the way the peers write it, on the same inputs, in one run. Prints a table (loop and vectorised time,
+speed-up, largest per-item difference, how the fast path settled the maps), the machine's load and the
+thread counts.
 
     .venv/bin/python benchmarks/bench_metrics.py [--n 5158] [--workers 1] [--chunk 8] [--no-kernel] [--f32-loop]
 
-The vectorised path runs steps 1-2 in the compiled numba kernel (avsl_core.metrics_kernel) when numba
-imports, else (or with ``--no-kernel``) in numpy/torch. The kernel has no parallel loops: it runs one map
-at a time on each of the ``--workers`` threads; the header prints numba's own thread count for the record
-(unused). Its first compile takes ~30 s and is cached; the warm-up calls absorb it: one untimed call of the
+The vectorised path runs the compiled numba kernel (avsl_core.metrics_kernel: the binary maps, near-ties
+settled, and the cIoU counts) when numba imports, else (or with ``--no-kernel``) numpy/torch (the
+ground truth then packed by ``gt_union_packed`` and counted by ``ciou_from_packed``). The kernel has no
+parallel loops: it runs one map at a time on each of the ``--workers`` threads; the header prints numba's
+own thread count for the record (unused). Its first compile takes ~40 s (~15 s more for the cubic
+kernels' tap counts) and is cached; the warm-up calls absorb it: one untimed call of the
 first protocol on all N maps (the process's first touch of its large buffers), then one on 64 maps before
 each protocol's timing.
 
@@ -21,7 +24,7 @@ whose cIoU differs from the exact definition by more than 1e-6: float32 kernels 
 median differently (see metrics.upsample).
 
 Ground truth: the real VGG-SS boxes (first N of vggss.json) when ../shared/reference_data or
-$AVSL_REFERENCE_DATA has them, else seeded random boxes. Both paths build the ground truth themselves.
+$AVSL_REFERENCE_DATA has them, else seeded random boxes. Both paths start from the box lists.
 Times are wall-clock and process CPU time (CPU time is the fairer ratio on a shared machine: the load
 average, printed before and after, says how shared it was). One torch thread per worker: on a shared
 2-core machine, 2 OpenMP threads made a 14×224 matmul 10–100× slower whenever the other core was busy
@@ -45,6 +48,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from avsl_core import metrics as M  # noqa: E402
+from avsl_core import metrics_fast as FP  # noqa: E402
 from avsl_core import metrics_kernel as KM  # noqa: E402
 
 
@@ -124,9 +128,9 @@ def loop(maps: np.ndarray, boxes: list, p: M.Protocol, f32: bool = False) -> tup
 # ----------------------------------------------------------------------------- the vectorised path
 def vectorised(maps: np.ndarray, boxes: list, p: M.Protocol, chunk: int, workers: int, stats: dict,
                kernel: bool = True) -> tuple[np.ndarray, float, float]:
-    gt = M.gt_union_packed(*M.pad_boxes(boxes))  # VGG-SS: union of boxes, bit-packed [N, 6272]
-    pred = M.binarize_packed(maps, p, chunk=chunk, stats=stats, workers=workers, kernel=kernel)
-    c = M.ciou_from_packed(pred, gt).numpy()
+    b, v = M.pad_boxes(boxes)  # [N, K, 4], [N, K]
+    pred = M.binarize_packed(maps, p, chunk=chunk, stats=stats, workers=workers, kernel=kernel)  # [N, 6272]
+    c = FP.ciou_packed_boxes(pred, b, v, kernel=kernel).numpy()  # against the union of the boxes
     sm = M.summarize_ciou(c)
     return c, sm["ciou@0.5"], sm["auc"]
 

@@ -89,6 +89,8 @@ def test_ciou_fast_and_packed_ground_truth():
     got = M.ciou_from_packed(M.binarize_packed(maps, "ezvsl"), M.gt_union_packed(b, v)).numpy()
     np.testing.assert_array_equal(got, ref)
     assert got[1] == 0.0 and got[3] == 0.0  # empty GT (no box; a zero-width box): 0 for a non-empty map
+    for kernel in (True, False):
+        np.testing.assert_array_equal(FP.ciou_packed_boxes(M.binarize_packed(maps, "ezvsl"), b, v, kernel=kernel), ref)
 
 
 # ----------------------------------------------------------------------------- the shortcuts, one by one
@@ -135,6 +137,9 @@ def test_empty_ground_truth_and_empty_prediction():
         ref = M.ciou_from_levels(M.binarize(M.prepare(torch.from_numpy(maps), name), name), g1, g2).numpy()
         np.testing.assert_array_equal(got, ref)
         np.testing.assert_array_equal(got, want)
+        for kernel in (True, False):  # counted inside the boxes (no box: nothing), or on gt_union_packed
+            np.testing.assert_array_equal(FP.ciou_packed_boxes(M.binarize_packed(maps, name), b, v, kernel=kernel),
+                                          want)
 
 
 @pytest.mark.parametrize("mode", M.UPSAMPLERS)
