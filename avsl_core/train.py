@@ -321,16 +321,41 @@ def make_collate(cfg: TrainConfig, method) -> Callable | None:
         aug = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.data.augment.items()}
         anchor = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.data.anchor_augment.items()
                   if k != "audio_shift"}
-        return BatchViews(augment="v_aug" in vis, anchor=anchor or None, **aug)
+        return BatchViews(augment="v_aug" in vis, anchor=anchor or None, channels_last=cfg.channels_last, **aug)
     from avsl_core.data.datasets import collate
     return collate
 
 
 def _seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: one torch thread per worker (the machine has 2 cores, the step uses
+    them), numpy / random seeded from the worker's torch seed. (The fast views draw from each batch's
+    own seed, `batch_views.SeededBatch`, and do not use these.)"""
     torch.set_num_threads(1)
     s = torch.initial_seed() % 2**32   # DataLoader seeds torch per worker from its generator
     np.random.seed(s)
     random.seed(s)
+
+
+def fetch_batches(loader: DataLoader, threads: int | None):
+    """Iterate `loader`; with `threads`, each batch is fetched (dataset + collate, in this process when
+    num_workers=0) under that many torch threads, then the step's setting is restored. The views are
+    many small memory-bound ops: on the 2-core machine shared with other work, two threads made them
+    ~5x slower than one (50 vs 270 ms a batch at 112 px: each op's OpenMP team waits, spinning, for
+    the thread that another process keeps off its core)."""
+    it = iter(loader)
+    while True:
+        if threads is None:
+            batch = next(it, None)
+        else:
+            n = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                batch = next(it, None)
+            finally:
+                torch.set_num_threads(n)
+        if batch is None:
+            return
+        yield batch
 
 
 def reseed_dataset(ds: Dataset, seed_seq: list[int]) -> None:
@@ -580,7 +605,11 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
         start = batch0 if p_idx == phase0 else 0
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + p_idx * 101 + dd.rank)
         reseed_dataset(ds, [cfg.seed, p_idx, dd.rank])
-        loader = DataLoader(ds, batch_sampler=batches[start:], num_workers=cfg.num_workers,
+        from avsl_core.batch_views import seeded_batches
+        # each batch carries its own seed (fast views draw from it): the same views for any
+        # num_workers, and a resumed phase replays the uninterrupted one from batch `start` on
+        loader = DataLoader(ds, batch_sampler=seeded_batches(batches, [cfg.seed, p_idx, dd.rank], start),
+                            num_workers=cfg.num_workers,
                             collate_fn=collate_fn,
                             worker_init_fn=_seed_worker, generator=gen, pin_memory=dd.device.type == "cuda",
                             persistent_workers=False)
@@ -589,7 +618,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
                    disable=not (progress and dd.main), dynamic_ncols=True)
         t_phase, losses, b_i = time.perf_counter(), [], start
         t_last = time.perf_counter()
-        for batch in loader:
+        for batch in fetch_batches(loader, 1 if cfg.num_workers == 0 and dd.device.type == "cpu" else None):
             batch = _to_device(batch, dd.device, cfg.channels_last)
             with autocast:
                 terms = method.loss(net, batch)
