@@ -20,7 +20,9 @@
   loaded with `weights_only=True`; `model_card.md`, `config.json`, `steps.csv` (per step),
   `epochs.json` (per epoch), `loss_curve.png`, `summary.json`.
 * Resume (`--resume`): continues a killed run from its last checkpoint, bit-exactly at epoch
-  boundaries with fp32 and num_workers=0 (tests/test_train.py). A checkpoint of another config is
+  boundaries with fp32 (tests/test_train.py); with the fast views (scenes, logmel) at any checkpoint
+  and for any num_workers, since every batch draws its views from its own seed
+  (`batch_views.SeededBatch`). A checkpoint of another config is
   refused; only the fields in `RESUMABLE_FIELDS` may differ.
 * DDP (torchrun): `DistributedSampler` shards each epoch; `batch_size` is the global batch, split
   over ranks (in-batch negatives are per rank); only rank 0 writes.
