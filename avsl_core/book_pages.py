@@ -14,7 +14,8 @@ long table of `book.load_results`, and turns them into the pages' tables, correl
 * `combine_verdicts`, `verdict_grid`: one explicit rule for pages with several cells per claim.
 * `correlation`, `discordance`: the localization-versus-retrieval analysis across trained models.
 * `seed_groups`, `seed_spread`: runs named `<name>_seed<N>`.
-* `negatives`, `read_eval`, `first_eval`: fields the long table leaves out (counts, protocol).
+* `negatives`, `read_eval`, `first_eval`: fields the long table leaves out (counts, protocol);
+  `training_received`: the steps each run did (a time budget can stop a slow run early).
 * `glue`: myst-nb glue with strings shown bare (`Prose`), so a verdict reads without quotes.
 """
 from __future__ import annotations
@@ -379,6 +380,40 @@ def seed_spread(res: pd.DataFrame, groups: dict[str, dict[int, str]], columns, t
                              "min": v.min(), "max": v.max()})
     cols = ["run", "regime", "measure", "seeds", "mean", "sd", "min", "max"]
     return pd.DataFrame(rows, columns=cols).set_index(["run", "regime", "measure"]).round(1)
+
+
+# ----------------------------------------------------------------------------- training received
+def training_received(runs_dir: str | Path, names) -> tuple[pd.DataFrame, str]:
+    """Optimizer steps, wall time and stop reason of each run in `names` that was trained (train.json's
+    `summaries`), and one sentence saying whether they all did the same number of steps.
+
+    The profiles give every main method the same `max_steps`; `time_budget_min` can stop a slower run
+    (ours: nine pairs per step) earlier, and a page comparing methods must say so."""
+    path = Path(runs_dir) / "results" / "train.json"
+    if not path.is_file():
+        raise DataError(path, "missing: run the training page (20_train) first")
+    summaries = json.loads(path.read_text()).get("summaries") or {}
+    rows = {}
+    for n in names:
+        s = summaries.get(n)
+        if s is None:
+            continue
+        for key in ("steps", "elapsed_s", "stop_reason"):
+            if key not in s:
+                raise DataError(path, f"summary without {key!r}", field=f"summaries.{n}")
+        rows[display_name(n)] = {"steps": int(s["steps"]), "wall (min)": round(float(s["elapsed_s"]) / 60, 1),
+                                 "stopped by": s["stop_reason"]}
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["steps", "wall (min)", "stopped by"])
+    if table.empty:
+        return table, "no run of this page was trained"
+    steps = table["steps"]
+    if steps.nunique() == 1:
+        return table, f"every run did the same {int(steps.iloc[0])} optimizer steps"
+    capped = [f"{n} ({int(r.steps)} steps)" for n, r in table.iterrows() if r["stopped by"] == "time_budget"]
+    most = int(steps.max())
+    sentence = (f"the runs did {int(steps.min())} to {most} optimizer steps"
+                + (f"; stopped by the time budget before the others: {', '.join(capped)}" if capped else ""))
+    return table, sentence
 
 
 # ----------------------------------------------------------------------------- small readers

@@ -193,3 +193,23 @@ def test_first_eval_and_read_eval(tmp_path):
 def test_glued_strings_have_no_quotes():
     assert repr(bp.Prose("reproduced")) == "reproduced"
     assert bp.Prose("x") == "x"
+
+
+def test_training_received_states_steps_and_budget_stops(tmp_path):
+    summ = {"ours": {"steps": 910, "elapsed_s": 900.4, "stop_reason": "time_budget"},
+            "ezvsl": {"steps": 1200, "elapsed_s": 400.0, "stop_reason": "max_steps"},
+            "single_ours": {"steps": 300, "elapsed_s": 200.0, "stop_reason": "max_steps"}}
+    run = write_train(tmp_path, {"summaries": summ})
+    table, sentence = bp.training_received(run, ["ours", "ezvsl", "lvs"])      # lvs not trained: no row
+    assert list(table.index) == ["Ours", "EZ-VSL"]
+    assert table.loc["Ours", "steps"] == 910 and table.loc["Ours", "wall (min)"] == 15.0
+    assert sentence == ("the runs did 910 to 1200 optimizer steps; stopped by the time budget before the "
+                        "others: Ours (910 steps)")
+    same = write_train(tmp_path / "b", {"summaries": {"ours": summ["ezvsl"], "ezvsl": summ["ezvsl"]}})
+    assert bp.training_received(same, ["ours", "ezvsl"])[1] == "every run did the same 1200 optimizer steps"
+    assert bp.training_received(same, ["lvs"])[1] == "no run of this page was trained"
+    bad = write_train(tmp_path / "c", {"summaries": {"ours": {"steps": 3}}})
+    with pytest.raises(DataError, match="elapsed_s"):
+        bp.training_received(bad, ["ours"])
+    with pytest.raises(DataError, match="missing"):
+        bp.training_received(tmp_path / "none", ["ours"])
