@@ -412,3 +412,23 @@ def test_numpy_path_without_numba():
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_stale_kernel_cache_dropped_when_any_kernel_source_changes(tmp_path):
+    """numba keys a cached function on its own file only; the kernel's modules call into each other, so
+    their whole in-tree cache goes when any of their sources changes, and stays while none does."""
+    from avsl_core.metrics_kernel_intrinsics import _drop_stale_cache
+    (tmp_path / "metrics_kernel.py").write_text("a = 1\n")
+    (tmp_path / "metrics_kernel_pass.py").write_text("b = 2\n")
+    cache = tmp_path / "__pycache__"
+    cache.mkdir()
+    _drop_stale_cache(tmp_path)
+    kept = [cache / "metrics_kernel.median_maps-1.py311.nbi", cache / "metrics_kernel_pass._pass-2.py311.1.nbc"]
+    other = cache / "metrics.x-1.py311.nbi"
+    for f in kept + [other]:
+        f.write_bytes(b"x")
+    _drop_stale_cache(tmp_path)                        # nothing changed: the cache stays
+    assert all(f.exists() for f in kept)
+    (tmp_path / "metrics_kernel_pass.py").write_text("b = 3\n")
+    _drop_stale_cache(tmp_path)                        # a callee's module changed: every kernel cache goes
+    assert not any(f.exists() for f in kept) and other.exists()
