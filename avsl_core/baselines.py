@@ -335,7 +335,7 @@ class EZVSL(BaselineMethod):
             cfg = model.config
             dim = self.hyper.dim or cfg.c
             model.vision_proj = nn.Conv2d(cfg.vision_width, dim, 1)
-            model.audio_proj = nn.Linear(cfg.audio_width, dim)
+            model.audio_proj = nn.Linear(cfg.audio_channels, dim)
             model.vision_proj.apply(_init_projection)
             model.audio_proj.apply(_init_projection)
 
@@ -352,7 +352,7 @@ class SLAVC(BaselineMethod):
         cfg, h = model.config, self.hyper
         self.dim = h.dim or cfg.c
         model.vision_proj = TwoProjections(cfg.vision_width, self.dim, h.dropout_img, spatial=True)
-        model.audio_proj = TwoProjections(cfg.audio_width, self.dim, h.dropout_aud, spatial=False)
+        model.audio_proj = TwoProjections(cfg.audio_channels, self.dim, h.dropout_aud, spatial=False)
         momentum = nn.ModuleDict({k: copy.deepcopy(getattr(model, k))
                                   for k in ("vision", "vision_proj", "audio", "audio_proj")})
         momentum.requires_grad_(False)

@@ -32,6 +32,7 @@ class ModelConfig:
     """Architecture of `AVModel`; stored in every checkpoint and compared on load."""
 
     width: float = 1.0                 # channel multiplier: stage widths round(64·width)·[1, 2, 4, 8]
+    audio_width: float | None = None   # the audio trunk's own multiplier; None = `width` (the paper's pair)
     vision_layer4_stride: int = 2      # 2 = torchvision ResNet18 (7×7 at 224); 1 = LVS layout (14×14)
     vision_stop_at: str = "layer4"     # "layer4" | "layer3" (stride 16, 4·base channels) | "layer2" (stride 8, 2·base)
     padding_mode: str = "zeros"        # padding of every padded conv, both trunks ("reflect": no border artefacts)
@@ -46,6 +47,8 @@ class ModelConfig:
     def __post_init__(self):
         if not self.width > 0:
             raise ValueError(f"ModelConfig.width: expected > 0, got {self.width!r}")
+        if self.audio_width is not None and not self.audio_width > 0:
+            raise ValueError(f"ModelConfig.audio_width: expected > 0 or None, got {self.audio_width!r}")
         if self.vision_layer4_stride not in (1, 2):
             raise ValueError(f"ModelConfig.vision_layer4_stride: expected 1 or 2, got {self.vision_layer4_stride!r}")
         if self.vision_stop_at not in _STOPS:
@@ -74,8 +77,14 @@ class ModelConfig:
         return self.base_width * {"layer4": 8, "layer3": 4, "layer2": 2}[self.vision_stop_at]
 
     @property
-    def audio_width(self) -> int:
-        return self.base_width * 8
+    def audio_base_width(self) -> int:
+        """Channels of the audio trunk's conv1 / layer1."""
+        return self.base_width if self.audio_width is None else max(1, int(round(64 * self.audio_width)))
+
+    @property
+    def audio_channels(self) -> int:
+        """Channels of the audio trunk's output (layer4, before any projection)."""
+        return self.audio_base_width * 8
 
     @property
     def c(self) -> int:
@@ -168,13 +177,13 @@ class AVModel(nn.Module):
         self.config = cfg
         self.vision = ResNet18Trunk(3, cfg.base_width, cfg.vision_layer4_stride, cfg.vision_stop_at,
                                     cfg.padding_mode)
-        self.audio = ResNet18Trunk(cfg.audio_in_channels, cfg.base_width, 2, "layer4", cfg.padding_mode)
+        self.audio = ResNet18Trunk(cfg.audio_in_channels, cfg.audio_base_width, 2, "layer4", cfg.padding_mode)
         c = cfg.c
         # 1×1 projections where a trunk's width differs from c (never in the default layout), or always
         # with projection="both".
         both = cfg.projection == "both"
         self.vision_proj = nn.Conv2d(cfg.vision_width, c, 1) if both or cfg.vision_width != c else nn.Identity()
-        self.audio_proj = nn.Linear(cfg.audio_width, c) if both or cfg.audio_width != c else nn.Identity()
+        self.audio_proj = nn.Linear(cfg.audio_channels, c) if both or cfg.audio_channels != c else nn.Identity()
         hidden = cfg.head_hidden or c
         self.p_v = _mlp_head(c, hidden, cfg.head_dim)
         self.p_a = _mlp_head(c, hidden, cfg.head_dim)

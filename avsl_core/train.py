@@ -102,7 +102,8 @@ class TrainConfig:
     max_steps: int | None = None         # hard cap on optimizer steps (curriculum included)
     batch_size: int = 64                 # global batch (split over DDP ranks)
     lr: float = 1e-4                     # Adam (paper §4.1)
-    warmup_steps: int = 0                # linear warm-up from lr/warmup_steps, then constant
+    warmup_steps: int = 0                # linear warm-up from lr/warmup_steps, then constant ...
+    lr_decay_steps: int | None = None    # ... or, when set, cosine decay to 0 at this step (held at 0 after)
     weight_decay: float = 0.0
     grad_clip: float | None = None       # max global grad norm, None = off
     num_workers: int = 0
@@ -115,6 +116,7 @@ class TrainConfig:
     def __post_init__(self):
         checks = [("epochs", self.epochs >= 0), ("batch_size", self.batch_size >= 2), ("lr", self.lr > 0),
                   ("warmup_steps", self.warmup_steps >= 0), ("num_workers", self.num_workers >= 0),
+                  ("lr_decay_steps", self.lr_decay_steps is None or self.lr_decay_steps > self.warmup_steps),
                   ("precision", self.precision in PRECISIONS), ("curriculum_steps", self.curriculum_steps >= 0),
                   ("time_budget_min", self.time_budget_min is None or self.time_budget_min > 0),
                   ("log_every", self.log_every >= 1),
@@ -436,6 +438,16 @@ def config_mismatch(stored: dict, current: TrainConfig) -> list[str]:
     return diffs
 
 
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """Multiplier of cfg.lr at optimizer step `step` (0-based): linear warm-up over `warmup_steps`, then
+    constant, or with `lr_decay_steps` a half-cosine from 1 at the end of warm-up to 0 at that step."""
+    f = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.lr_decay_steps:
+        t = min(1.0, max(0, step - cfg.warmup_steps) / (cfg.lr_decay_steps - cfg.warmup_steps))
+        f *= 0.5 * (1.0 + math.cos(math.pi * t))
+    return f
+
+
 def load_checkpoint(path: str | os.PathLike, cfg: TrainConfig | None = None) -> dict:
     """torch.load(weights_only=True); with `cfg`, refuse a checkpoint written under another config."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -546,7 +558,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
     if dd.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dd.device.index] if dd.device.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
 
     per_rank_bs = cfg.batch_size // dd.world
     collate_fn = make_collate(cfg, method)
@@ -699,7 +711,7 @@ def write_model_card(out: Path, cfg: TrainConfig, step: int, epochs_log: list, s
   padding {m.padding_mode}, c = {m.c}, head dim {m.head_dim}; trained from scratch (no pretrained weights).
 - **Data**: `{cfg.data.train_dir}` ({cfg.data.kind}), {cfg.data.image_size} px, audio front-end `{cfg.data.frontend}`;
   neighbours: `{cfg.neighbours}`; curriculum: {cfg.curriculum_steps} steps of `{cfg.data.curriculum_dir}`.
-- **Optimisation**: Adam lr {cfg.lr} (warm-up {cfg.warmup_steps} steps), weight decay {cfg.weight_decay},
+- **Optimisation**: Adam lr {cfg.lr} (warm-up {cfg.warmup_steps} steps{f", cosine decay to 0 at step {cfg.lr_decay_steps}" if cfg.lr_decay_steps else ""}), weight decay {cfg.weight_decay},
   batch {cfg.batch_size}, {cfg.precision}, epochs {cfg.epochs}, time budget {cfg.time_budget_min} min, seed {cfg.seed}.
 - **State**: {step} steps; last epoch record: {json.dumps(last)}; stopped by: {stop_reason or 'running / completed'}.
 - **Provenance**: git commit `{git_commit()}`; environment `{json.dumps(environment())}`.

@@ -79,6 +79,45 @@ def score(items, ids, maps: dict) -> dict:
     return out
 
 
+# VGG-SS quartiles of the sounding box's area (SPEC §3): the centre prior wins the large half
+AREA_EDGES = (0.12, 0.25, 0.46)
+
+
+def breakdown(items, ids, maps: dict) -> dict:
+    """Pointing on the localization items by the sounding object's area (VGG-SS quartile bins) and by
+    the number of objects in the scene: {map: {group: [hits, n]}} (where the misses are)."""
+    by_id = {it.id: it for it in items}
+    sel = np.array([str(by_id[i].extra.get("kind")) == "loc" for i in ids])
+    loc_ids = [i for i, s in zip(ids, sel) if s]
+    loc = [by_id[i] for i in loc_ids]
+    labels = ["<12%", "12-25%", "25-46%", ">=46%"]
+    out = {}
+    for name, m in maps.items():
+        r = evaluate_maps(loc, loc_ids, m[sel], EvalConfig(per_item=True, n_bootstrap=0))
+        hit = dict(zip(r["per_item"]["ids"], r["per_item"]["pointing"]))
+        groups: dict[str, list[int]] = {}
+        for it in loc:
+            ex = it.extra
+            area = float(ex["objects"][ex["sounding"]]["area"])
+            for g in (f"area {labels[int(np.searchsorted(AREA_EDGES, area, side='right'))]}",
+                      f"{ex['n_objects']} obj"):
+                h = groups.setdefault(g, [0, 0])
+                h[0] += int(bool(hit[it.id]))
+                h[1] += 1
+        order = [f"area {b}" for b in labels] + [f"{k} obj" for k in range(1, 9)]
+        out[name] = {g: groups[g] for g in order if g in groups}
+    return out
+
+
+def breakdown_table(bd: dict) -> str:
+    cols = list(next(iter(bd.values())))
+    lines = ["pointing by sounding-object area / objects in the scene (loc items; hits/n)",
+             f"{'map':<11}" + "".join(f"{c:>13}" for c in cols)]
+    for k, g in bd.items():
+        lines.append(f"{k:<11}" + "".join(f"{g[c][0] / max(g[c][1], 1):>8.3f} /{g[c][1]:>3}" for c in cols))
+    return "\n".join(lines)
+
+
 def verdict(res: dict) -> dict:
     best_p = max(FLOORS, key=lambda f: res[f]["pointing"][0])
     best_c = max(FLOORS, key=lambda f: res[f]["ciou@0.5"][0])
@@ -150,8 +189,10 @@ def main(argv=None) -> int:
         items, ids, maps = maps_for(model, sets_root / name, cfg)
         res = score(items, ids, maps)
         v = verdict(res)
-        report["sets"][name] = {"scores": res, "verdict": v}
+        bd = breakdown(items, ids, maps)
+        report["sets"][name] = {"scores": res, "verdict": v, "breakdown": bd}
         print(table(name, res))
+        print(breakdown_table(bd))
         print(f"  pointing margin over best floor ({v['best_pointing_floor']}): {v['pointing_margin']:+.3f} "
               f"-> {'PASS' if v['pointing_ok'] else 'FAIL'} (bar +0.20); cIoU@0.5 CI above best floor "
               f"({v['best_ciou_floor']}): {'PASS' if v['ciou_ok'] else 'FAIL'}\n")

@@ -72,6 +72,24 @@ def test_stop_at_layer2_gives_stride_8_map():
     assert not any(k.startswith(("layer3", "layer4")) for k in model.vision.state_dict())
 
 
+def test_audio_width_sets_the_audio_trunk_alone_and_projects_to_the_vision_width():
+    cfg = dataclasses.replace(TINY, width=0.25, audio_width=0.125, vision_stop_at="layer2")
+    model = AVModel(cfg).eval()
+    assert model.audio.conv1.weight.shape == (8, 1, 7, 7) and model.vision.conv1.weight.shape == (16, 3, 7, 7)
+    assert isinstance(model.audio_proj, torch.nn.Linear) and model.audio_proj.in_features == 64
+    img, spec = inputs(2, 64)
+    with torch.no_grad():
+        out = model(img, spec)
+    assert out["v_map"].shape == (2, 32, 8, 8) and out["a"].shape == (2, 32)
+    same = AVModel(dataclasses.replace(TINY, audio_width=TINY.width))
+    assert {k: v.shape for k, v in same.state_dict().items()} == {k: v.shape for k, v in AVModel(TINY).state_dict().items()}
+    # an old checkpoint's config (no audio_width) reads as the paper's pair
+    old = {k: v for k, v in TINY.to_dict().items() if k != "audio_width"}
+    assert ModelConfig.from_dict(old) == TINY and TINY.audio_channels == TINY.base_width * 8
+    with pytest.raises(ValueError, match="audio_width"):
+        ModelConfig(audio_width=0)
+
+
 def test_projection_both_adds_signed_projections_even_at_equal_widths():
     auto = AVModel(dataclasses.replace(TINY, vision_stop_at="layer3", embed_dim=64))  # audio 64 = c
     assert isinstance(auto.audio_proj, torch.nn.Identity) and isinstance(auto.vision_proj, torch.nn.Conv2d)

@@ -51,3 +51,15 @@ def test_anchor_augment_needs_fast_views():
                                             "train_dir": "nowhere"}})
     with pytest.raises(ValueError, match="anchor_augment needs data.fast_views"):
         T.build_dataset(cfg, cfg.data.train_dir, with_conc=False)
+
+
+def test_lr_factor_warms_up_then_holds_or_decays_by_cosine():
+    flat = T.TrainConfig(lr=1e-3, warmup_steps=4)
+    assert [T.lr_factor(flat, s) for s in (0, 3, 100)] == [0.25, 1.0, 1.0]
+    cos = T.TrainConfig(lr=1e-3, warmup_steps=4, lr_decay_steps=14)
+    assert T.lr_factor(cos, 0) == 0.25 and T.lr_factor(cos, 4) == 1.0
+    assert T.lr_factor(cos, 9) == pytest.approx(0.5)          # half-way through the decay
+    assert T.lr_factor(cos, 14) == pytest.approx(0.0, abs=1e-12) and T.lr_factor(cos, 50) == pytest.approx(0.0, abs=1e-12)
+    assert all(T.lr_factor(cos, s) >= T.lr_factor(cos, s + 1) for s in range(3, 20))
+    with pytest.raises(ValueError, match="lr_decay_steps"):
+        T.TrainConfig(warmup_steps=10, lr_decay_steps=10)
