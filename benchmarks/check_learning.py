@@ -14,7 +14,11 @@ each test set (default: test_seen, the bar; test_heldout, reported) scores the l
 * `objectness`  the same model's audio-blind channel-mean |V| (visual-only floor).
 
 Bar (issue 3, "It must learn", on test_seen): pointing >= best floor + 20 points, and cIoU@0.5 above
-the best floor with non-overlapping intervals. Prints a table and writes `<out>/check_learning.json`.
+the best floor with non-overlapping intervals. Also printed, to tell where the misses come from: pointing
+by object size and object count (`breakdown`), where the model's peak lands (sounding object, another
+object, background: `peak_places`), and which encoder knows the categories (`feature_probe`: audio 1-NN
+category accuracy; the sounding box's visual feature classified by the nearest audio category mean).
+Prints a table and writes `<out>/check_learning.json`.
 """
 from __future__ import annotations
 
@@ -27,8 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from avsl_core import metrics as M  # noqa: E402
 from avsl_core import metrics_extended as X  # noqa: E402
 from avsl_core import train as T  # noqa: E402
 from avsl_core.data.datasets import TestDataset, collate  # noqa: E402
@@ -107,6 +113,91 @@ def breakdown(items, ids, maps: dict) -> dict:
         order = [f"area {b}" for b in labels] + [f"{k} obj" for k in range(1, 9)]
         out[name] = {g: groups[g] for g in order if g in groups}
     return out
+
+
+PLACES = ("sounding object", "another object", "background")
+
+
+def peak_places(items, ids, maps: dict) -> dict:
+    """Where each map's peak (at the protocol's 224×224, as pointing scores it) lands on the localization
+    items: on the sounding object, on another object of the scene only, or on neither:
+    {map: {place: count}}. Splits the misses into binding errors and background peaks."""
+    by_id = {it.id: it for it in items}
+    sel = np.array([str(by_id[i].extra.get("kind")) == "loc" for i in ids])
+    loc_ids = [i for i, s in zip(ids, sel) if s]
+    loc = [by_id[i] for i in loc_ids]
+    cfg = EvalConfig(n_bootstrap=0)
+    size = M.get_protocol(cfg.protocol).size
+    out = {}
+    for name, m in maps.items():
+        _, sc = evaluate_maps(loc, loc_ids, m[sel], cfg, return_scores=True)
+        at = {i: (int(p) // size, int(p) % size, h > 0) for i, p, h in zip(sc["ids"], sc["peak"], sc["pointing"])}
+        counts = dict.fromkeys(PLACES, 0)
+        for it in loc:
+            r, c, hit = at[it.id]
+            others = [o["box"] for k, o in enumerate(it.extra.get("objects", [])) if k != it.extra.get("sounding")]
+            on_other = bool(others) and bool(X.point_in_boxes(
+                torch.tensor([r]), torch.tensor([c]), torch.tensor([others], dtype=torch.float64),
+                torch.ones(1, len(others), dtype=torch.bool), size)[0])
+            counts[PLACES[0] if hit else PLACES[1] if on_other else PLACES[2]] += 1
+        out[name] = counts
+    return out
+
+
+def probe_scores(v_map: torch.Tensor, a: torch.Tensor, categories: list, audio_ids: list, boxes: list) -> dict:
+    """Which side of the model knows the categories? v_map [N, c, h, w], a [N, c] (one row per item);
+    boxes: the sounding box (x1, y1, x2, y2, normalised) or None per item.
+
+    * audio_1nn: the category of each clip's nearest other clip (cosine of a), excluding clips of the
+      same recording (audio_ids): does the audio embedding group sounds by category?
+    * box_to_audio: each sounding box's mean feature (cells whose centres fall in the box, at least the
+      box centre's cell) classified by the nearest per-category mean of the normalised audio vectors: do
+      the visual features inside the object point at its category's sounds?
+    Returns both accuracies, their item counts and the chance level (1 / categories)."""
+    n, _, h, w = v_map.shape
+    an = F.normalize(a.float(), dim=1)
+    sim = an @ an.T
+    rec = np.array(audio_ids, dtype=object)
+    sim[torch.from_numpy(rec[:, None] == rec[None, :])] = -np.inf       # same recording (and self)
+    cat = np.array(categories, dtype=object)
+    best, nn = sim.max(1)
+    ok_nn = [cat[j] == cat[i] for i, (j, f) in enumerate(zip(nn.tolist(), torch.isfinite(best).tolist())) if f]
+    cats = sorted(set(categories))
+    protos = F.normalize(torch.stack([an[torch.from_numpy(cat == k)].mean(0) for k in cats]), dim=1)
+    ys, xs = (torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w
+    ok_box = []
+    for i, b in enumerate(boxes):
+        if b is None:
+            continue
+        x1, y1, x2, y2 = b
+        m = ((ys >= y1) & (ys <= y2))[:, None] & ((xs >= x1) & (xs <= x2))[None, :]
+        if not m.any():
+            m[min(h - 1, int((y1 + y2) / 2 * h)), min(w - 1, int((x1 + x2) / 2 * w))] = True
+        f = F.normalize(v_map[i].float()[:, m].mean(1), dim=0)
+        ok_box.append(cats[int((protos @ f).argmax())] == categories[i])
+    return {"audio_1nn": float(np.mean(ok_nn)) if ok_nn else float("nan"), "n_audio": len(ok_nn),
+            "box_to_audio": float(np.mean(ok_box)) if ok_box else float("nan"), "n_box": len(ok_box),
+            "chance": 1.0 / len(cats)}
+
+
+@torch.no_grad()
+def feature_probe(model: AVModel, set_dir: Path, cfg: T.TrainConfig) -> dict:
+    """`probe_scores` on one test set's items that have a category (the model's V maps and audio vectors)."""
+    ds = TestDataset(set_dir / "manifest.jsonl", set_dir, image_size=cfg.data.image_size,
+                     frontend=cfg.data.frontend)
+    loader = torch.utils.data.DataLoader(ds, batch_size=128, collate_fn=collate)
+    model.eval()
+    v, a, ids = [], [], []
+    for b in loader:
+        v.append(model.encode_image(b["image"]).float())
+        a.append(model.encode_audio(b["spec"]).float())
+        ids += list(b["id"])
+    by_id = {it.id: it for it in ds.items}
+    keep = [k for k, i in enumerate(ids) if by_id[i].category]        # negatives carry no category
+    its = [by_id[ids[k]] for k in keep]
+    return probe_scores(torch.cat(v)[keep], torch.cat(a)[keep], [it.category for it in its],
+                        [it.extra.get("audio_asset_id") or it.audio for it in its],
+                        [tuple(it.boxes[0]) if it.boxes else None for it in its])
 
 
 def breakdown_table(bd: dict) -> str:
@@ -190,9 +281,16 @@ def main(argv=None) -> int:
         res = score(items, ids, maps)
         v = verdict(res)
         bd = breakdown(items, ids, maps)
-        report["sets"][name] = {"scores": res, "verdict": v, "breakdown": bd}
+        places = peak_places(items, ids, {"model": maps["model"]})["model"]
+        probe = feature_probe(model, sets_root / name, cfg)
+        report["sets"][name] = {"scores": res, "verdict": v, "breakdown": bd, "peak_places": places,
+                                "feature_probe": probe}
         print(table(name, res))
         print(breakdown_table(bd))
+        print("model peak on (loc items): " + ", ".join(f"{k} {n}" for k, n in places.items()))
+        print(f"feature probe: audio 1-NN category {probe['audio_1nn']:.3f} (n {probe['n_audio']}), sounding-box "
+              f"feature -> nearest audio category {probe['box_to_audio']:.3f} (n {probe['n_box']}); "
+              f"chance {probe['chance']:.3f}")
         print(f"  pointing margin over best floor ({v['best_pointing_floor']}): {v['pointing_margin']:+.3f} "
               f"-> {'PASS' if v['pointing_ok'] else 'FAIL'} (bar +0.20); cIoU@0.5 CI above best floor "
               f"({v['best_ciou_floor']}): {'PASS' if v['ciou_ok'] else 'FAIL'}\n")
