@@ -89,13 +89,18 @@ def score(items, ids, maps: dict) -> dict:
 AREA_EDGES = (0.12, 0.25, 0.46)
 
 
-def breakdown(items, ids, maps: dict) -> dict:
-    """Pointing on the localization items by the sounding object's area (VGG-SS quartile bins) and by
-    the number of objects in the scene: {map: {group: [hits, n]}} (where the misses are)."""
+def _loc_items(items, ids) -> tuple[list, list[str], np.ndarray]:
+    """The localization items (`extra.kind == "loc"`) in map order: (items, ids, row mask over ids)."""
     by_id = {it.id: it for it in items}
     sel = np.array([str(by_id[i].extra.get("kind")) == "loc" for i in ids])
     loc_ids = [i for i, s in zip(ids, sel) if s]
-    loc = [by_id[i] for i in loc_ids]
+    return [by_id[i] for i in loc_ids], loc_ids, sel
+
+
+def breakdown(items, ids, maps: dict) -> dict:
+    """Pointing on the localization items by the sounding object's area (VGG-SS quartile bins) and by
+    the number of objects in the scene: {map: {group: [hits, n]}} (where the misses are)."""
+    loc, loc_ids, sel = _loc_items(items, ids)
     labels = ["<12%", "12-25%", "25-46%", ">=46%"]
     out = {}
     for name, m in maps.items():
@@ -122,10 +127,7 @@ def peak_places(items, ids, maps: dict) -> dict:
     """Where each map's peak (at the protocol's 224×224, as pointing scores it) lands on the localization
     items: on the sounding object, on another object of the scene only, or on neither:
     {map: {place: count}}. Splits the misses into binding errors and background peaks."""
-    by_id = {it.id: it for it in items}
-    sel = np.array([str(by_id[i].extra.get("kind")) == "loc" for i in ids])
-    loc_ids = [i for i, s in zip(ids, sel) if s]
-    loc = [by_id[i] for i in loc_ids]
+    loc, loc_ids, sel = _loc_items(items, ids)
     cfg = EvalConfig(n_bootstrap=0)
     size = M.get_protocol(cfg.protocol).size
     out = {}
